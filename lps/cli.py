@@ -1,0 +1,132 @@
+"""Command line: ``lps {demo,pretrain,train,methods,show}``.
+
+Every command takes config files (``-c FILE``, built-in names such as ``demo`` work too) and
+``key=value`` overrides, e.g. ``lps train -c demo method=lps optim.lr=0.05 train.seed=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from lps.errors import LPSError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", action="append", default=[],
+                   help="YAML config file or built-in config name (repeatable; later files win)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.05 method=lps")
+
+
+def _build(args) -> "Config":  # noqa: F821
+    from lps.config import build_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "init", None):
+        overrides.append(f"model.init={args.init}")
+    return build_config(args.config, overrides)
+
+
+def format_table(rows: list[dict], cols=("acc_seen", "acc_novel", "acc_all", "nmi_novel")) -> str:
+    head = f"{'run':<44} " + " ".join(f"{c:>10}" for c in cols) + f" {'time':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        vals = " ".join(f"{100 * r[c]:>10.1f}" if not math.isnan(r.get(c, math.nan)) else f"{'-':>10}" for c in cols)
+        lines.append(f"{r['run_id'][:44]:<44} {vals} {r['wall_time_s']:>7.0f}s")
+    return "\n".join(lines)
+
+
+def cmd_pretrain(args) -> int:
+    from lps.pretrain import pretrain
+
+    print(pretrain(_build(args)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lps.trainer import train
+
+    row = train(_build(args))
+    print(format_table([row]))
+    print("(accuracies in %, on the unlabeled training images; test split: "
+          + ", ".join(f"{k[5:]} {100 * row[k]:.1f}" for k in ("test_acc_seen", "test_acc_novel", "test_acc_all")
+                      if not math.isnan(row.get(k, math.nan))) + ")")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """SimCLR pretraining, then k-means on the pretrained features and LPS, on Fashion-MNIST."""
+    import time
+
+    from lps.config import build_config
+    from lps.pretrain import pretrain
+    from lps.trainer import train
+
+    t0 = time.time()
+    files = ["demo"] + args.config
+    base = build_config(files, args.overrides)
+    print(f"[lps] demo: {base.data.dataset}, {base.data.seen_class_ratio:.0%} seen classes, "
+          f"{base.data.label_ratio:.0%} of seen labeled; results in {base.output_dir}", flush=True)
+    pretrain(base)
+    rows = []
+    for method in ("simclr_kmeans", "lps"):
+        cfg = build_config(files, [*args.overrides, f"method={method}"])
+        rows.append(train(cfg))
+    print()
+    print(format_table(rows))
+    print(f"(accuracy in % on the unlabeled training images; total {time.time() - t0:.0f}s)")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    import dataclasses
+
+    from lps.methods import METHODS
+
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        print(f"{name:<14} {fields}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from lps.config import config_to_yaml
+
+    print(config_to_yaml(_build(args)), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="pretrain + k-means baseline + LPS on Fashion-MNIST, print a table")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("pretrain", help="SimCLR pretraining of the backbone")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("train", help="train and evaluate one run (resumes automatically)")
+    _add_config_args(p)
+    p.add_argument("--init", help="backbone state_dict to start from ('scratch' for random init)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("methods", help="list registered methods and their hyperparameters")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("show", help="print the resolved config")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_show)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LPSError as e:
+        print(f"lps: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lps: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

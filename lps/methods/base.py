@@ -1,0 +1,96 @@
+"""The interface every OpenSSL method implements, and the batch it receives.
+
+A method is one file in ``lps/methods/`` holding a ``Params`` dataclass (defaults = published
+values, each with a comment naming its source) and a ``Method`` subclass registered with
+``@METHODS.register("name")``. The trainer owns the model, optimiser, precision, checkpointing,
+evaluation and logging; a method only turns a batch into losses. Method state that must survive
+a restart (ORCA's uncertainty, NACH's margin, ...) lives in buffers: the trainer checkpoints
+``method.state_dict()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from lps.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+@dataclass
+class Batch:
+    """One training batch. Rows ``[:n_lb]`` are labeled, the rest unlabeled (``x_lb``/``x_ulb``
+    in USB's vocabulary). ``views[i]`` is the i-th augmented view of every row, as declared by the
+    method's ``views``; ``uint8`` holds the raw images for methods that augment themselves."""
+
+    views: list[torch.Tensor]  # each float [B, C, H, W], normalised
+    y_lb: torch.Tensor  # long [n_lb]
+    n_lb: int
+    idx: torch.Tensor  # long [B], training-set indices (labeled rows first)
+    generator: torch.Generator  # the step's random stream on the training device
+
+    @property
+    def n_ulb(self) -> int:
+        return self.views[0].shape[0] - self.n_lb
+
+
+@dataclass
+class MethodContext:
+    num_classes: int
+    n_seen: int
+    n_labeled: int
+    n_unlabeled: int
+    epochs: int
+    steps_per_epoch: int
+    feat_dim: int
+    device: torch.device
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``Params`` and ``views`` and implement ``training_step``."""
+
+    Params: ClassVar[type]
+    #: augmentations applied to each row, in order ("weak", "strong", "simclr")
+    views: ClassVar[tuple[str, ...]] = ("weak", "weak", "strong")
+    #: False for methods that only evaluate the initial model (e.g. SimCLR + k-means)
+    trains: ClassVar[bool] = True
+    registry_name: ClassVar[str]
+
+    def __init__(self, params, ctx: MethodContext):
+        super().__init__()
+        self.hp = params
+        self.ctx = ctx
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Return a dict of scalar tensors; ``"loss"`` is what is minimised, every other entry is
+        logged (detached) as a loss term."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, unlabeled_probs: torch.Tensor | None) -> None:
+        """Called before each epoch. ``unlabeled_probs`` are the softmax outputs on the unlabeled
+        training images from the last evaluation (None before the first)."""
+        self.epoch = epoch
+
+    # ------------------------------------------------------------------ evaluation
+    def predict(self, logits: torch.Tensor, feats: torch.Tensor) -> np.ndarray:
+        """Class/cluster ids for evaluation. Default: argmax over the K-way head."""
+        return logits.argmax(1).cpu().numpy()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def forward_views(model: nn.Module, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One forward pass per view (each view normalised by its own BatchNorm batch statistics,
+        as in the released code). Returns (logits per view, features per view)."""
+        logits, feats = [], []
+        for v in views:
+            z, f = model(v)
+            logits.append(z)
+            feats.append(f)
+        return logits, feats

@@ -1,0 +1,163 @@
+"""Backbones (CIFAR ResNet-18 with a width multiplier, ResNet-50), the cosine classifier, freezing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lps.errors import LPSError
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18, CIFAR variant: 3x3 stride-1 stem, no max-pool, [2,2,2,2] BasicBlocks at
+    width x (1, 2, 4, 8), global average pool. ``width=64`` is the standard model."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes, layers = width, []
+        in_planes = width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            p = width * (2**i)
+            layers.append(nn.Sequential(BasicBlock(in_planes, p, stride), BasicBlock(p, p, 1)))
+            in_planes = p
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.out_dim = in_planes
+        del planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+class ResNet50(nn.Module):
+    """torchvision ResNet-50 without its classifier (feature dim 2048), for 224-px ImageNet-100."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        from torchvision.models import resnet50
+
+        m = resnet50(weights=None)
+        if in_channels != 3:
+            m.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.conv1, self.bn1, self.relu, self.maxpool = m.conv1, m.bn1, m.relu, m.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = m.layer1, m.layer2, m.layer3, m.layer4
+        self.out_dim = 2048
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+class CosineClassifier(nn.Module):
+    """``logits = scale * normalize(feat) @ normalize(W)``, no bias (ORCA/LPS head, scale 10)."""
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 10.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.scale = scale
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(feat, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+
+class OpenWorldModel(nn.Module):
+    """Backbone + cosine head over all K = seen + novel classes. ``forward`` returns (logits, feat)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head_scale: float = 10.0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = CosineClassifier(backbone.out_dim, num_classes, head_scale)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.backbone(x)
+        return self.head(feat), feat
+
+
+def resolve_arch(arch: str, dataset_kind: str) -> str:
+    if arch == "auto":
+        return "resnet50" if dataset_kind == "large" else "resnet18_cifar"
+    return arch
+
+
+def build_backbone(arch: str, in_channels: int, width: int = 64) -> nn.Module:
+    if arch == "resnet18_cifar":
+        return CifarResNet18(in_channels, width)
+    if arch == "resnet50":
+        return ResNet50(in_channels)
+    raise LPSError(f"unknown architecture {arch!r} (resnet18_cifar, resnet50)")
+
+
+FROZEN_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+
+
+def apply_freeze(model: OpenWorldModel, policy: str) -> None:
+    """``layer4``: conv1, bn1, layer1-3 get requires_grad False (their BatchNorm statistics still
+    update in train mode, as in the released code); ``none``: every layer trains."""
+    if policy not in ("layer4", "none"):
+        raise LPSError(f"unknown freeze policy {policy!r} (layer4, none)")
+    for name, p in model.backbone.named_parameters():
+        p.requires_grad_(not (policy == "layer4" and name.startswith(FROZEN_PREFIXES)))
+
+
+_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+
+
+def load_backbone_state(backbone: nn.Module, state: dict, source: str, strict: bool = True) -> dict:
+    """Load a backbone state_dict from a SimCLR checkpoint or an external file.
+
+    Common wrapper prefixes (``module.``, ``backbone.``, ``encoder.``) are stripped. Keys of a
+    classifier or projection head (``fc.``, ``linear.``, ``head.``, ``projector.``) are unexpected and
+    reported. Missing backbone keys, or shape mismatches, raise an LPSError listing them (missing
+    keys only warn when ``strict`` is False). Returns ``{"missing": [...], "unexpected": [...]}``.
+    """
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise LPSError(f"{source} does not hold a state_dict (a mapping of parameter names to tensors)")
+    if "backbone" in state and isinstance(state["backbone"], dict):
+        state = state["backbone"]
+    elif "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    clean = {}
+    for k, v in state.items():
+        for pre in _PREFIXES:
+            if k.startswith(pre):
+                k = k[len(pre):]
+                break
+        clean[k] = v
+    own = backbone.state_dict()
+    unexpected = sorted(k for k in clean if k not in own)
+    missing = sorted(k for k in own if k not in clean)
+    mismatched = [f"{k}: file {tuple(clean[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in clean and hasattr(clean[k], "shape") and clean[k].shape != own[k].shape]
+    if mismatched:
+        raise LPSError(f"{source} does not match the backbone: {len(mismatched)} shape mismatches, e.g. "
+                       + "; ".join(mismatched[:5]) + " (check model.arch and model.width)")
+    if missing and strict:
+        raise LPSError(f"{source} lacks {len(missing)} backbone keys, e.g. {missing[:5]} "
+                       "(wrong architecture? set model.init_strict=false to load it anyway)")
+    backbone.load_state_dict({k: v for k, v in clean.items() if k in own}, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
