@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from lps.errors import LPSError
+from lps.models import (CifarResNet18, CosineClassifier, OpenWorldModel, apply_freeze, build_backbone,
+                        load_backbone_state)
+
+
+def test_cifar_resnet18_shapes_and_standard_size():
+    m = CifarResNet18(3, 64)
+    assert m.out_dim == 512
+    n = sum(p.numel() for p in m.parameters())
+    assert 11_000_000 < n < 11_300_000  # the standard CIFAR ResNet-18 backbone (~11.17M)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    assert CifarResNet18(1, 8)(torch.randn(2, 1, 28, 28)).shape == (2, 64)
+
+
+def test_cosine_head_formula():
+    head = CosineClassifier(4, 3, scale=10.0)
+    f = torch.randn(5, 4)
+    expect = 10 * torch.nn.functional.normalize(f, dim=1) @ torch.nn.functional.normalize(head.weight, dim=1).t()
+    torch.testing.assert_close(head(f), expect)
+    assert head(f).abs().max() <= 10 + 1e-5
+
+
+def test_freeze_policies():
+    m = OpenWorldModel(CifarResNet18(1, 4), 10)
+    apply_freeze(m, "layer4")
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert all(n.startswith(("backbone.layer4", "head")) for n in trainable)
+    assert any(n.startswith("backbone.layer4") for n in trainable) and "head.weight" in trainable
+    apply_freeze(m, "none")
+    assert all(p.requires_grad for p in m.parameters())
+    with pytest.raises(LPSError):
+        apply_freeze(m, "everything")
+
+
+def test_load_backbone_state_reports_keys():
+    src = CifarResNet18(1, 4)
+    dst = CifarResNet18(1, 4)
+    state = {f"module.{k}": v for k, v in src.state_dict().items()}
+    state["fc.weight"] = torch.zeros(3)
+    rep = load_backbone_state(dst, state, "x.pt")
+    assert rep["unexpected"] == ["fc.weight"] and rep["missing"] == []
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[k], v)
+
+
+def test_load_backbone_state_errors():
+    dst = CifarResNet18(1, 4)
+    with pytest.raises(LPSError, match="shape mismatch"):
+        load_backbone_state(dst, CifarResNet18(1, 8).state_dict(), "wide.pt")
+    partial = {k: v for k, v in CifarResNet18(1, 4).state_dict().items() if not k.startswith("layer4")}
+    with pytest.raises(LPSError, match="lacks"):
+        load_backbone_state(dst, partial, "partial.pt")
+    rep = load_backbone_state(dst, partial, "partial.pt", strict=False)
+    assert rep["missing"] and all(k.startswith("layer4") for k in rep["missing"])
+    with pytest.raises(LPSError, match="state_dict"):
+        load_backbone_state(dst, [1, 2], "list.pt")
+
+
+def test_resnet50_builds():
+    m = build_backbone("resnet50", 3)
+    assert m.out_dim == 2048
+    with pytest.raises(LPSError):
+        build_backbone("vgg", 3)
