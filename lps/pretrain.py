@@ -132,7 +132,7 @@ def pretrain(cfg: Config) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         dt = time.time() - t0
         rec = {"epoch": epoch, "lr": lr, "loss": total / max(steps, 1), "images_per_s": steps * batch_size / dt,
                "epoch_time_s": dt}

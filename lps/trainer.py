@@ -391,10 +391,10 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 loss.backward()
                 optimizer.step()
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n_images += len(idx)
                 total_steps_done += 1
-                progress.update(1, loss=float(loss))
+                progress.update(1, loss=float(loss.detach()))
                 if stop_after_steps and total_steps_done >= stop_after_steps:
                     raise KeyboardInterrupt("stop_after_steps reached")
             train_time = time.time() - t_epoch
