@@ -123,6 +123,16 @@ def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit,
     """Metrics on the unlabeled training images (the paper's transductive protocol) and on the
     held-out test split (``test_`` prefix). Also returns the unlabeled softmax outputs."""
     out: dict = {}
+    cache: dict = {}
+
+    def labeled() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if "lab" not in cache:
+            zl, fl = embed(model, data.train, split.labeled_idx, augmenter.test, device, cfg.train.eval_batch_size,
+                           cfg.train.precision)
+            cache["lab"] = (zl, fl, torch.as_tensor(data.train_y[split.labeled_idx]))
+        return cache["lab"]
+
+    method.before_evaluation(labeled)
     z, f = embed(model, data.train, split.unlabeled_idx, augmenter.test, device, cfg.train.eval_batch_size,
                  cfg.train.precision)
     y = data.train_y[split.unlabeled_idx]

@@ -11,7 +11,7 @@ a restart (ORCA's uncertainty, NACH's margin, ...) lives in buffers: the trainer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -79,6 +79,11 @@ class Method(nn.Module):
         self.epoch = epoch
 
     # ------------------------------------------------------------------ evaluation
+    def before_evaluation(self, labeled: "Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]") -> None:
+        """Called before ``predict`` at each evaluation. ``labeled()`` returns (logits, feats, labels) of
+        the labeled training images with the test transform, computed on first call (methods that map
+        clusters to seen classes, or run semi-supervised k-means, use it). Default: nothing."""
+
     def predict(self, logits: torch.Tensor, feats: torch.Tensor) -> np.ndarray:
         """Class/cluster ids for evaluation. Default: argmax over the K-way head."""
         return logits.argmax(1).cpu().numpy()
