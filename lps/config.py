@@ -64,6 +64,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True  # on CUDA
     compile: bool = False
+    fuse_views: bool = False  # one forward pass over all views (BatchNorm statistics shared across views)
     deterministic: bool = True  # deterministic kernels (exact resume on CPU)
     max_steps_per_epoch: int = 0  # > 0 caps the steps of an epoch (smoke tests)
     eval_every: int = 1

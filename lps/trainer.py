@@ -322,6 +322,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                         epochs=cfg.optim.epochs, steps_per_epoch=steps, feat_dim=model.backbone.out_dim,
                         device=device)
     method = method_cls(params, ctx)
+    method.fuse_views = cfg.train.fuse_views
     model.to(device)
     method.to(device)
     if device.type == "cuda" and cfg.train.channels_last:

@@ -89,10 +89,18 @@ class Method(nn.Module):
         return logits.argmax(1).cpu().numpy()
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def forward_views(model: nn.Module, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One forward pass per view (each view normalised by its own BatchNorm batch statistics,
-        as in the released code). Returns (logits per view, features per view)."""
+    #: set by the trainer from ``train.fuse_views``
+    fuse_views: bool = False
+
+    def forward_views(self, model: nn.Module, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Logits and features of every view. By default one forward pass per view, so BatchNorm
+        normalises each view with its own batch statistics, as the released code does. With
+        ``train.fuse_views=true`` the views go through the network as one concatenated batch (fewer,
+        larger kernels; BatchNorm statistics are then shared across the views)."""
+        if self.fuse_views and len(views) > 1:
+            z, f = model(torch.cat(views))
+            sizes = [v.shape[0] for v in views]
+            return list(z.split(sizes)), list(f.split(sizes))
         logits, feats = [], []
         for v in views:
             z, f = model(v)
