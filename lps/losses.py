@@ -136,7 +136,7 @@ def estimate_class_distribution(probs: Tensor, mask: Tensor) -> Tensor:
     return torch.where(total > 0, sums / total.clamp_min(torch.finfo(sums.dtype).tiny), uniform)
 
 
-def adaptive_margins(pi_hat: Tensor, C: float = 10.0) -> Tensor:
+def adaptive_margins(pi_hat: Tensor, C: float = 10.0, kl: str = "code") -> Tensor:
     """Class-specific margins of LPS Eq. (3), as released.
 
     ``s = KL(u || pi_hat)`` with ``u`` the uniform distribution over all ``K`` classes, and
@@ -146,7 +146,11 @@ def adaptive_margins(pi_hat: Tensor, C: float = 10.0) -> Tensor:
 
     Paper vs. released code: the paper writes ``Delta_j = -KL(pi_hat || pi) * pi_hat_j /
     max(pi_hat) * C`` and ``z_y - Delta_y`` (same sign as here) with ``pi`` the uniform prior;
-    the released code swaps the KL arguments to ``KL(u || pi_hat)``. That version is used here.
+    the released code swaps the KL arguments to ``KL(u || pi_hat)``. ``kl="code"`` (default) uses
+    the released form, ``kl="paper"`` uses ``KL(pi_hat || u)``. The difference matters when some
+    classes are never predicted: ``KL(u || pi_hat)`` is unbounded as ``pi_hat_j -> 0`` (margins far
+    beyond the cosine head's logit range of +-scale switch the supervised loss off), whereas
+    ``KL(pi_hat || u) <= log K``.
 
     The margins are detached: no gradient flows into ``pi_hat`` through them.
 
@@ -161,7 +165,12 @@ def adaptive_margins(pi_hat: Tensor, C: float = 10.0) -> Tensor:
         raise ValueError(f"pi_hat must have shape [K] with K >= 1, got {tuple(pi_hat.shape)}")
     pi_hat = pi_hat.detach()
     uniform = torch.full_like(pi_hat, 1.0 / pi_hat.shape[0])
-    s = kl_divergence(uniform, pi_hat)  # scalar, >= 0
+    if kl == "code":
+        s = kl_divergence(uniform, pi_hat)  # scalar, >= 0
+    elif kl == "paper":
+        s = kl_divergence(pi_hat, uniform)
+    else:
+        raise ValueError(f"kl must be 'code' or 'paper', got {kl!r}")
     max_pi = pi_hat.max().clamp_min(torch.finfo(_upcast(pi_hat).dtype).tiny)
     return (s * C * pi_hat / max_pi).detach()
 
@@ -222,6 +231,7 @@ def adaptive_margin_loss(
     pi_hat: Tensor,
     C: float = 10.0,
     weights: Tensor | None = None,
+    kl: str = "code",
 ) -> Tensor:
     """Adaptive margin loss ``l_AM`` of LPS Eq. (3), reduced as one term of Eq. (5).
 
@@ -240,13 +250,14 @@ def adaptive_margin_loss(
         pi_hat: ``[K]`` estimated class distribution (Eq. (4)).
         C: maximum-margin scale (paper: 10).
         weights: optional ``[N]`` per-row weights, e.g. the confidence mask.
+        kl: ``"code"`` or ``"paper"`` form of the KL term (see :func:`adaptive_margins`).
 
     Returns:
         ``[]`` scalar; ``0`` connected to the graph when ``N == 0``.
     """
     if pi_hat.dim() != 1 or (logits.dim() == 2 and pi_hat.shape[0] != logits.shape[1]):
         raise ValueError(f"pi_hat must have shape [K] = [{logits.shape[-1]}], got {tuple(pi_hat.shape)}")
-    margins = adaptive_margins(pi_hat, C)
+    margins = adaptive_margins(pi_hat, C, kl)
     return margin_cross_entropy(logits, targets, margins, weights)
 
 

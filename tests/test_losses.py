@@ -474,3 +474,18 @@ def test_losses_keep_dtype_and_are_finite(dtype):
     for name, loss in _all_losses(logits, logits2, targets, mask).items():
         assert loss.dtype == dtype, name
         assert torch.isfinite(loss), name
+
+
+def test_adaptive_margins_paper_form_is_bounded():
+    """kl="paper" uses KL(pi_hat || u) <= log K; kl="code" (KL(u || pi_hat)) grows without bound."""
+    import math
+
+    from lps.losses import adaptive_margins
+
+    pi_hat = torch.tensor([0.5, 0.5 - 1e-6, 1e-6], dtype=torch.float64)
+    s_paper = (pi_hat * torch.log(pi_hat * 3)).sum()
+    torch.testing.assert_close(adaptive_margins(pi_hat, 10.0, kl="paper"), s_paper * 10 * pi_hat / 0.5)
+    assert adaptive_margins(pi_hat, 10.0, kl="paper").max() <= 10 * math.log(3) + 1e-9
+    assert adaptive_margins(pi_hat, 10.0, kl="code").max() > 10 * math.log(3)
+    with pytest.raises(ValueError, match="kl"):
+        adaptive_margins(pi_hat, 10.0, kl="other")

@@ -22,6 +22,7 @@ Total: ``w_entropy * R + L_AM + eta1 * L_PC + eta2 * L_UC``. Every term can be s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from lps.methods.base import METHODS, Batch, Method
 @dataclass
 class LPSParams:
     margin_C: float = 10.0  # C in Eq. (5); paper Sec. 4.1 and released code (C = 10)
+    margin_kl: Literal["code", "paper"] = "code"  # s = KL(u||pi_hat) (released code) or KL(pi_hat||u) (paper Eq. 3)
     tau: float = 0.4  # temperature of L_PC and L_UC; paper Sec. 4.1 / Table 8 (0.4)
     eta1: float = 1.0  # weight of L_PC; paper Eq. (10), released code (1)
     eta2: float = 1.0  # weight of L_UC; paper Eq. (10), released code (1)
@@ -80,9 +82,9 @@ class LPS(Method):
         pi_hat = losses.estimate_class_distribution(probs, mask)
 
         # 4. adaptive margin loss (Eq. 5): labeled rows of v1 + masked unlabeled rows of v3
-        loss_lb = losses.adaptive_margin_loss(z1[:n_lb], batch.y_lb, pi_hat, hp.margin_C)
+        loss_lb = losses.adaptive_margin_loss(z1[:n_lb], batch.y_lb, pi_hat, hp.margin_C, kl=hp.margin_kl)
         loss_ulb = losses.adaptive_margin_loss(z3[n_lb:], pl[n_lb:], pi_hat, hp.margin_C,
-                                               weights=mask[n_lb:].float())
+                                               weights=mask[n_lb:].float(), kl=hp.margin_kl)
         loss_am = loss_lb + loss_ulb
 
         # 5. pseudo-label contrastive clustering (Eq. 7) on logits of v2/v3, masked rows
@@ -104,4 +106,5 @@ class LPS(Method):
             "entropy_reg": reg.detach(),
             "mask_rate_unlabeled": mask[n_lb:].float().sum() / n_ulb,
             "kl_uniform_pi_hat": losses.kl_divergence(torch.full_like(pi_hat, 1 / pi_hat.numel()), pi_hat),
+            "margin_max": losses.adaptive_margins(pi_hat, hp.margin_C, hp.margin_kl).max(),
         }
