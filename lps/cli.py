@@ -98,28 +98,33 @@ def cmd_show(args) -> int:
     return 0
 
 
+COMMANDS = {
+    "demo": ("pretrain + k-means baseline + LPS on Fashion-MNIST, print a table", cmd_demo, True),
+    "pretrain": ("SimCLR pretraining of the backbone", cmd_pretrain, True),
+    "train": ("train and evaluate one run (resumes automatically)", cmd_train, True),
+    "methods": ("list registered methods and their hyperparameters", cmd_methods, False),
+    "show": ("print the resolved config", cmd_show, True),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lps", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="pretrain + k-means baseline + LPS on Fashion-MNIST, print a table")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("pretrain", help="SimCLR pretraining of the backbone")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_pretrain)
-    p = sub.add_parser("train", help="train and evaluate one run (resumes automatically)")
-    _add_config_args(p)
-    p.add_argument("--init", help="backbone state_dict to start from ('scratch' for random init)")
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("methods", help="list registered methods and their hyperparameters")
-    p.set_defaults(func=cmd_methods)
-    p = sub.add_parser("show", help="print the resolved config")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_show)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: lps {" + ",".join(COMMANDS) + "} [-c CONFIG] [key=value ...]\n\n" + __doc__ + "\ncommands:\n" + \
+        "\n".join(f"  {name:<10} {text}" for name, (text, _, _) in COMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(usage, file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    name = argv[0]
+    text, func, takes_config = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"lps {name}", description=text)
+    if takes_config:
+        _add_config_args(parser)
+    if name == "train":
+        parser.add_argument("--init", help="backbone state_dict to start from ('scratch' for random init)")
+    # options and key=value overrides may come in any order
+    args = parser.parse_intermixed_args(argv[1:])
     try:
-        return args.func(args)
+        return func(args)
     except LPSError as e:
         print(f"lps: error: {e}", file=sys.stderr)
         return 2
