@@ -172,3 +172,11 @@ def test_other_config_in_same_run_folder(tmp_path):
     other = build_config([], tiny_overrides(tmp_path, run_name="fixed", **{"train.seed": 5}))
     with pytest.raises(LPSError, match="different config"):
         train(other)
+
+
+def test_cli_options_and_overrides_in_any_order(tmp_path):
+    out = _cli("show", "data.label_ratio=0.3", "-c", "demo", "optim.lr=0.2")
+    assert out.returncode == 0, out.stderr
+    assert "label_ratio: 0.3" in out.stdout and "lr: 0.2" in out.stdout
+    out = _cli("nope")
+    assert out.returncode == 2 and "usage" in out.stderr
