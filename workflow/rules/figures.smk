@@ -1,0 +1,31 @@
+# 6. Figures (lps.figures.FIGURES; PNG for the report, PDF for print): fig2, fig4, fig5, fig6, each
+#    drawn from the runs of its own cells (`figures:` in the experiment set). A new kind of figure is
+#    a function in lps/figures.py, its name in FIGURE_NAMES and a caption in common.smk.
+
+
+rule figure:
+    input:
+        lambda wc: study_results(wc.fig),
+    output:
+        png=report(
+            f"{RESULTS}/figures/{{fig}}.png",
+            category="Figures",
+            caption="../report/figure.rst",
+            labels={"figure": "{fig}"},
+        ),
+        pdf=f"{RESULTS}/figures/{{fig}}.pdf",
+    log:
+        f"{RESULTS}/logs/figures/{{fig}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/{{fig}}.tsv"
+    params:
+        name=lambda wc: wc.fig,
+        spec=lambda wc: FIGURES[wc.fig],
+        cells=lambda wc: STUDY_CELLS[wc.fig],
+        caption=lambda wc: FIGURE_CAPTIONS[wc.fig],
+    threads: CONFIG["local_threads"]
+    localrule: True
+    conda:
+        "../envs/lps.yaml"
+    script:
+        "../scripts/make_figure.py"
