@@ -59,9 +59,30 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def init_identity(init: str) -> str:
+    """What a run starts from, for its identity: the SimCLR pretraining of its config (whose settings
+    are part of the identity already), random weights, or an external file (by content hash)."""
+    if not init:
+        return "pretrain"
+    if init == "scratch":
+        return "scratch"
+    path = Path(init)
+    if path.is_file():
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return "file:" + h.hexdigest()[:16]
+    return "file:" + init
+
+
 def run_identity(cfg: Config) -> dict:
     flat = _flatten(to_dict(cfg))
-    return {k: v for k, v in flat.items() if k not in NON_SCIENTIFIC}
+    ident = {k: v for k, v in flat.items() if k not in NON_SCIENTIFIC}
+    ident["model.init"] = init_identity(cfg.model.init)
+    return ident
 
 
 def run_id(cfg: Config) -> str:
@@ -320,7 +341,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     ctx = MethodContext(num_classes=data.num_classes, n_seen=split.n_seen, n_labeled=n_lab, n_unlabeled=n_unl,
                         epochs=cfg.optim.epochs, steps_per_epoch=steps, feat_dim=model.backbone.out_dim,
-                        device=device)
+                        device=device, seed=cfg.train.seed)
     method = method_cls(params, ctx)
     method.fuse_views = cfg.train.fuse_views
     model.to(device)

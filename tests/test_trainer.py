@@ -180,3 +180,13 @@ def test_cli_options_and_overrides_in_any_order(tmp_path):
     assert "label_ratio: 0.3" in out.stdout and "lr: 0.2" in out.stdout
     out = _cli("nope")
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+def test_run_id_depends_on_initialisation(tmp_path):
+    f = tmp_path / "b.pt"
+    f.write_bytes(b"abc")
+    ids = {run_id(build_config([], [f"model.init={x}"])) for x in ("", "scratch", str(f))}
+    assert len(ids) == 3
+    g = tmp_path / "copy.pt"
+    g.write_bytes(b"abc")  # same content elsewhere: same run
+    assert run_id(build_config([], [f"model.init={f}"])) == run_id(build_config([], [f"model.init={g}"]))

@@ -49,6 +49,7 @@ class MethodContext:
     steps_per_epoch: int
     feat_dim: int
     device: torch.device
+    seed: int = 0  # the run's training seed (for evaluation-time randomness such as k-means)
 
 
 class Method(nn.Module):

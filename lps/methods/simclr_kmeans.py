@@ -45,4 +45,4 @@ class SimCLRKMeans(Method):
         raise RuntimeError("simclr_kmeans does not train")
 
     def predict(self, logits, feats):
-        return kmeans_predict(feats, self.ctx.num_classes, self.hp.n_init, 0, self.hp.normalize)
+        return kmeans_predict(feats, self.ctx.num_classes, self.hp.n_init, self.ctx.seed, self.hp.normalize)
