@@ -101,7 +101,7 @@ class SeenClassifierMethod(Method):
 
     def predict(self, logits, feats):  # needs hp.reject_threshold and hp.kmeans_n_init
         return reject_and_cluster(self.seen_probs(logits, feats), feats, self.hp.reject_threshold,
-                                  self.ctx.num_classes - self.ctx.n_seen, self.hp.kmeans_n_init, seed=0)
+                                  self.ctx.num_classes - self.ctx.n_seen, self.hp.kmeans_n_init, seed=self.ctx.seed)
 
 
 def hungarian_cluster_to_class(cluster_ids, labels, n_clusters: int) -> np.ndarray:
