@@ -70,7 +70,7 @@ from lps.methods.base import Batch, MethodContext  # noqa: E402
 from lps.methods.lps import LPS, LPSParams  # noqa: E402
 from lps.models import OpenWorldModel, apply_freeze, build_backbone  # noqa: E402
 from lps.runtime import autocast, setup_runtime  # noqa: E402
-from lps.trainer import batch_sizes, embed, epoch_index_batches, make_optimizer  # noqa: E402
+from lps.trainer import batch_sizes, embed, epoch_index_batches, make_optimizer, optimization_step  # noqa: E402
 from lps.utils import git_commit, library_versions  # noqa: E402
 
 NUM_CLASSES, N_SEEN = 100, 50  # CIFAR-100 and ImageNet-100, half the classes seen
@@ -411,14 +411,7 @@ def run_workload(w: Workload, args, device: torch.device) -> dict:
             x = w.images[idx.to(device)]
             y_lb = w.labels_of(idx[:w.b_lab], device)
             batch = Batch(views=project_views(x), y_lb=y_lb, n_lb=w.b_lab, idx=idx.to(device), generator=g)
-            with autocast(device, "auto"):
-                step_out = method.training_step(forward_model, batch)
-            loss = step_out["loss"]
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {loss.item()}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step_out = optimization_step(method, forward_model, opt, batch, device, "auto")
             for v in step_out.values():  # the trainer sums every logged value on the host
                 float(v.detach())
 

@@ -275,6 +275,21 @@ class Progress:
 # --------------------------------------------------------------------------------------------
 
 
+def optimization_step(method: Method, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                      device: torch.device, precision: str) -> dict[str, torch.Tensor]:
+    """One optimiser step: the method's losses under autocast, backward, step. Returns the method's
+    outputs; raises FloatingPointError when the loss is not finite."""
+    with autocast(device, precision):
+        out = method.training_step(model, batch)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return out
+
+
 def check_run_dir(run_dir: Path, cfg: Config) -> bool:
     """True if the folder holds this same run (resume); error if it holds a different config."""
     cfg_file = run_dir / "config.yaml"
@@ -414,14 +429,11 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 if device.type == "cuda" and cfg.train.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 batch = Batch(views=views, y_lb=y_lb, n_lb=b_lab, idx=idx.to(device), generator=g_aug)
-                with autocast(device, cfg.train.precision):
-                    out = method.training_step(forward_model, batch)
+                try:
+                    out = optimization_step(method, forward_model, optimizer, batch, device, cfg.train.precision)
+                except FloatingPointError as e:
+                    raise LPSError(f"{rid}: {e} at epoch {epoch}; lower optim.lr or check data") from None
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise LPSError(f"{rid}: loss is {loss.item()} at epoch {epoch}; lower optim.lr or check data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n_images += len(idx)
