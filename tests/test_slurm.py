@@ -319,7 +319,8 @@ def test_job_completes_and_two_launchers_share_it(launchers, tmp_path):
 @slurm
 @needs_fmnist
 def test_preemption_resumes_with_same_metrics(launchers, tmp_path):
-    args = medium(tmp_path)
+    # 10 short epochs: the second preemption must land before the run ends, also on a fast, idle machine
+    args = medium(tmp_path, epochs=10)
     run, out = run_of(tmp_path, args)
     run_dir = out.parent
     # the uninterrupted reference: the same run in-process (executor none), concurrently
@@ -454,7 +455,9 @@ def test_real_time_limit_requeues_and_completes(launchers, tmp_path):
 @pytest.mark.parametrize("fault", ["scancel", "sigkill", "oom", "exception"])
 def test_fault_fails_fast_with_job_and_log(launchers, tmp_path, fault):
     if fault == "exception":
-        args = tiny(tmp_path, **{"model.init": str(tmp_path / "missing-backbone.pt")})
+        # the run starts from `pretrain.checkpoint`, which does not exist yet (a path, not part of the
+        # run's identity, so the same run can be started again once the file is there)
+        args = tiny(tmp_path, **{"model.init": "", "pretrain.checkpoint": str(tmp_path / "missing-backbone.pt")})
     else:
         args = medium(tmp_path, epochs=3)
     run, out = run_of(tmp_path, args)
@@ -491,8 +494,12 @@ def test_fault_fails_fast_with_job_and_log(launchers, tmp_path, fault):
 
     if fault == "exception":
         # the recorded job failed: a rerun (config fixed) submits a new job, which completes
-        fixed = [a for a in args if not a.startswith("model.init=")] + ["model.init=scratch"]
-        rerun = launchers(fixed, name="rerun")
+        import torch
+
+        from lps.models import CifarResNet18
+
+        torch.save(CifarResNet18(1, 4).state_dict(), tmp_path / "missing-backbone.pt")  # tiny(): width 4
+        rerun = launchers(args, name="rerun")
         assert rerun.wait() == 0, rerun.output
         assert f"recorded job {job_id} ended (with an exception)" in rerun.output
         assert out.exists()
@@ -655,7 +662,7 @@ def test_workflow_on_slurm(workflow_cluster, tmp_path):
         assert f"reattached to job {j} (SUSPENDED" in train_logs(), train_logs()
         assert _run("scontrol", "resume", j).returncode == 0
     assert finish(second, tmp_path / "second.log", 180) == 0, (tmp_path / "second.log").read_text()[-4000:]
-    assert slurm_jobs_under(tmp_path) == jobs  # every training job went through sbatch, once
+    assert sorted(slurm_jobs_under(tmp_path)) == sorted(jobs)  # every training job went through sbatch, once
     import pandas as pd
 
     runs = pd.read_parquet(results / "runs.parquet")
