@@ -668,3 +668,28 @@ def test_workflow_on_slurm(workflow_cluster, tmp_path):
     runs = pd.read_parquet(results / "runs.parquet")
     assert sorted(runs["method"]) == ["fixmatch", "lps"]
     assert (results / "tables" / "table1.md").exists()
+
+
+@slurm
+@needs_fmnist
+def test_two_workflows_at_once_on_one_results_folder(workflow_cluster, tmp_path):
+    """Two workflows (separate snakemake working directories) started at once on the same results
+    folder: each job is submitted once, both workflows complete, and every output is readable."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from lps.results import RESULT_SCHEMA
+
+    a = snakemake(tmp_path, "wfA", "a.log")
+    b = snakemake(tmp_path, "wfB", "b.log")
+    assert finish(a, tmp_path / "a.log", 420) == 0, (tmp_path / "a.log").read_text()[-4000:]
+    assert finish(b, tmp_path / "b.log", 420) == 0, (tmp_path / "b.log").read_text()[-4000:]
+    results = tmp_path / "results"
+    records = [json.loads(p.read_text()) for p in (results / "jobs").glob("*.job.json")]
+    assert records and sorted(slurm_jobs_under(tmp_path)) == sorted({str(r["job_id"]) for r in records})
+    runs = pd.read_parquet(results / "runs.parquet")
+    assert sorted(runs["method"]) == ["fixmatch", "lps"]
+    for f in (results / "runs").glob("*/result.parquet"):
+        assert pq.read_schema(f).names == RESULT_SCHEMA.names
+    assert (results / "tables" / "table1.md").exists()
+    assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
