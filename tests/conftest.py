@@ -1,4 +1,7 @@
 import os
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -35,3 +38,34 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def slurm_cluster_problem() -> str | None:
+    """Why the local SLURM cluster cannot run the tests (None when it can): client tools on PATH,
+    slurmctld up, and a usable node with gres gpu."""
+    def run(*cmd):
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=15, check=False)
+
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM client tools (sinfo/sbatch) not on PATH; run scripts/slurm-cluster install"
+    try:
+        ping = run("scontrol", "ping")
+        if " is UP" not in ping.stdout:
+            first = ((ping.stdout + ping.stderr).strip().splitlines() or ["no output"])[0]
+            return f"slurmctld not up (`scontrol ping`: {first[:160]}); run scripts/slurm-cluster start"
+        info = run("sinfo", "-h", "-N", "-o", "%T %G")
+    except (subprocess.TimeoutExpired, OSError) as e:
+        return f"SLURM not responding ({e}); run scripts/slurm-cluster start"
+    # "idle*" (trailing *) = node not responding
+    if info.returncode != 0 or not re.search(r"^(idle|mixed|allocated|completing) \S*gpu", info.stdout, re.M):
+        return f"no usable SLURM node with gres gpu (sinfo: {(info.stdout + info.stderr).strip()[:200]!r})"
+    return None
+
+
+def require_slurm_cluster() -> None:
+    """Skip the calling test when the cluster is not usable; fail instead with LPS_REQUIRE_SLURM=1 (CI)."""
+    problem = slurm_cluster_problem()
+    if problem:
+        if os.environ.get("LPS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"LPS_REQUIRE_SLURM=1 but {problem}")
+        pytest.skip(problem)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from lps.launch import SlurmState, sacct_state, slurm_state
-from conftest import needs_fmnist, tiny_overrides
+from conftest import needs_fmnist, require_slurm_cluster, tiny_overrides
 
 # the SLURM tests; the launcher's pure helpers at the top of the file need no cluster
 slurm = pytest.mark.slurm
@@ -42,29 +42,9 @@ def _run(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _cluster_problem() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "SLURM client tools (sinfo/sbatch) not on PATH; run scripts/slurm-cluster install"
-    try:
-        ping = _run("scontrol", "ping", timeout=15)
-        if " is UP" not in ping.stdout:
-            first = ((ping.stdout + ping.stderr).strip().splitlines() or ["no output"])[0]
-            return f"slurmctld not up (`scontrol ping`: {first[:160]}); run scripts/slurm-cluster start"
-        info = _run("sinfo", "-h", "-N", "-o", "%T %G", timeout=15)
-    except (subprocess.TimeoutExpired, OSError) as e:
-        return f"SLURM not responding ({e}); run scripts/slurm-cluster start"
-    if info.returncode != 0 or not re.search(r"^(idle|mixed|allocated|completing) \S*gpu", info.stdout, re.M):
-        return f"no usable SLURM node with gres gpu (sinfo: {(info.stdout + info.stderr).strip()[:200]!r})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    problem = _cluster_problem()
-    if problem:
-        if os.environ.get("LPS_REQUIRE_SLURM") == "1":
-            pytest.fail(f"LPS_REQUIRE_SLURM=1 but {problem}")
-        pytest.skip(problem)
+    require_slurm_cluster()
 
 
 # --------------------------------------------------------------------------------------------

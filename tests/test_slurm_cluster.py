@@ -7,12 +7,13 @@ every wait is bounded, nothing here can hang.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import require_slurm_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -28,29 +29,9 @@ def _run(*cmd: str, timeout: float = 15) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _cluster_skip_reason() -> str | None:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return "SLURM client tools (sinfo/sbatch) not on PATH; run scripts/slurm-cluster install"
-    try:
-        ping = _run("scontrol", "ping", timeout=15)
-        if " is UP" not in ping.stdout:
-            first = ((ping.stdout + ping.stderr).strip().splitlines() or ["no output"])[0]
-            return f"slurmctld not up (`scontrol ping`: {first[:160]}); run scripts/slurm-cluster start"
-        info = _run("sinfo", "-h", "-N", "-o", "%T", timeout=15)
-    except (subprocess.TimeoutExpired, OSError) as exc:
-        return f"SLURM not responding ({exc}); run scripts/slurm-cluster start"
-    states = info.stdout.split()
-    # "idle*" (trailing *) = node not responding
-    if info.returncode != 0 or not set(states) & {"idle", "mixed", "allocated", "completing"}:
-        return f"no usable SLURM node (sinfo: {(info.stdout + info.stderr).strip()[:200]!r})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slurm() -> None:
-    reason = _cluster_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_slurm_cluster()
 
 
 @pytest.fixture(scope="module")
