@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-import lps  # noqa: F401  (installs the torchvision shim before torchvision is imported)
 import torchvision.transforms as T  # noqa: E402
 
 from lps.methods.base import Batch, Method  # noqa: E402

@@ -6,8 +6,6 @@ import subprocess
 import numpy as np
 import pytest
 
-import lps  # noqa: F401  (installs the torchvision shim before anything imports torchvision)
-
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 

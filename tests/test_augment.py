@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import lps  # noqa: F401  (makes torchvision importable on CPU-only torch)
 from lps.data import augment as A
 
 F = pytest.importorskip("torchvision.transforms.v2.functional")

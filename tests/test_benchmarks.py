@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-import lps  # noqa: F401  (torchvision shim)
 from lps.data import augment as A
 
 ROOT = Path(__file__).resolve().parent.parent

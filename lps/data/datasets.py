@@ -1,4 +1,4 @@
-"""Datasets: Fashion-MNIST (embedded default), CIFAR-10/100 (torchvision), ImageNet-100 (local folder).
+"""Datasets: Fashion-MNIST (embedded default), CIFAR-10/100 (torchvision's layout), ImageNet-100 (local folder).
 
 Small datasets are held whole as uint8 tensors ``[N, C, H, W]`` so that batches are index slices
 and augmentation runs batched on the training device. ImageNet-100 is a list of JPEG files read by
@@ -7,8 +7,11 @@ DataLoader workers (``ImageFiles``).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import pickle
+import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -155,8 +158,9 @@ def load_fashion_mnist(data_dir: str = "", **_) -> ImageData:
         try:
             from torchvision.datasets import FashionMNIST
 
-            FashionMNIST(str(root), train=True, download=True)
-            FashionMNIST(str(root), train=False, download=True)
+            with _download_timeout():
+                FashionMNIST(str(root), train=True, download=True)
+                FashionMNIST(str(root), train=False, download=True)
             d = root / "FashionMNIST" / "raw"
             arrays = {k: _read_idx_gz(d / f) for k, f in FASHION_MNIST_FILES.items()}
         except Exception as e:  # noqa: BLE001  (any download failure is reported below)
@@ -185,39 +189,145 @@ def load_fashion_mnist(data_dir: str = "", **_) -> ImageData:
     )
 
 
-def _load_cifar(cls_name: str, name: str, num_classes: int, data_dir: str) -> ImageData:
-    import torchvision.datasets as tvd
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for the CIFAR "python version" batches: dicts, lists, strings and numpy arrays only.
+    Any other global (a planted payload) is refused instead of being imported and called."""
 
-    root = resolve_data_dir(data_dir)
-    cls = getattr(tvd, cls_name)
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_file(path: Path) -> dict:
     try:
-        tr = cls(str(root), train=True, download=True)
-        te = cls(str(root), train=False, download=True)
-    except Exception as e:  # noqa: BLE001
-        raise LPSError(
-            f"{name} is not in {root} and could not be downloaded ({type(e).__name__}: {e}). "
-            f"Fix: allow the download, or copy the torchvision {name} files into {root} "
-            "(set data.data_dir or $LPS_DATA_DIR)."
-        ) from None
+        with open(path, "rb") as fh:
+            d = _ArrayUnpickler(fh, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
+        raise LPSError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(d, dict):
+        raise LPSError(f"{path} is not a CIFAR batch (a pickled dict), found {type(d).__name__}")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
-    def to_t(a: np.ndarray) -> TensorImages:
-        return TensorImages(torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous())
 
+@dataclass(frozen=True)
+class _CifarLayout:
+    tv_class: str  # torchvision dataset class (its url, archive name and md5 are used for the download)
+    folder: str  # the folder inside the archive, as torchvision lays it out
+    train: tuple
+    test: tuple
+    label_key: str
+    meta: str
+    names_key: str
+    num_classes: int
+
+
+CIFAR_LAYOUTS = {
+    "cifar10": _CifarLayout("CIFAR10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                            ("test_batch",), "labels", "batches.meta", "label_names", 10),
+    "cifar100": _CifarLayout("CIFAR100", "cifar-100-python", ("train",), ("test",), "fine_labels", "meta",
+                             "fine_label_names", 100),
+}
+
+
+@contextlib.contextmanager
+def _download_timeout():
+    """Downloads give up after $LPS_DOWNLOAD_TIMEOUT seconds without data (default 60), so a machine
+    whose firewall drops packets gets the error message instead of a hang."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(float(os.environ.get("LPS_DOWNLOAD_TIMEOUT", "60")))
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def cifar_folder(name: str, data_dir: str = "") -> Path | None:
+    """Where the torchvision-layout CIFAR folder of ``name`` is, or None: ``<root>/<folder>`` or
+    ``<root>/<name>/<folder>`` with root = ``data.data_dir``, else $LPS_DATA_DIR, else ./data."""
+    lay = CIFAR_LAYOUTS[name]
+    root = resolve_data_dir(data_dir)
+    for d in (root / lay.folder, root / name / lay.folder):
+        if all((d / f).is_file() for f in (*lay.train, *lay.test, lay.meta)):
+            return d
+    return None
+
+
+def _load_cifar(name: str, data_dir: str) -> ImageData:
+    """CIFAR-10/100 from torchvision's on-disk layout (``cifar-10-batches-py``, ``cifar-100-python``),
+    read directly (no md5 check, so a re-packed or subset copy loads too); downloaded through
+    torchvision into the data folder when missing."""
+    lay = CIFAR_LAYOUTS[name]
+    root = resolve_data_dir(data_dir)
+    d = cifar_folder(name, data_dir)
+    if d is None:
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        cls = getattr(tvd, lay.tv_class)
+        try:
+            with _download_timeout():
+                download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        except Exception as e:  # noqa: BLE001  (any download failure is reported below)
+            files = ", ".join((*lay.train, *lay.test, lay.meta))
+            raise LPSError(
+                f"{name} not found and not downloadable ({type(e).__name__}: {str(e)[:200]}).\n"
+                f"  expected the folder {lay.folder}/ with {files}\n"
+                f"  in {root.absolute()} or {(root / name).absolute()}\n"
+                f"Fix: on a machine with internet, download {cls.url} , unpack it there "
+                f"(tar xzf {cls.filename} -C {root.absolute()}), or point data.data_dir / $LPS_DATA_DIR "
+                "(workflow: --config data_dir=DIR) at the folder that holds it."
+            ) from None
+        d = cifar_folder(name, data_dir)
+        if d is None:
+            raise LPSError(f"{name}: the download into {root} did not produce {lay.folder}/")
+
+    def read(files: tuple) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for f in files:
+            b = _read_cifar_file(d / f)
+            x, y = b.get("data"), b.get(lay.label_key)
+            if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 \
+                    or y is None or len(y) != len(x):
+                raise LPSError(f"{d / f} is not a {name} batch: expected 'data' uint8 [N, 3072] and "
+                               f"'{lay.label_key}' of length N")
+            xs.append(x.reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(y, dtype=np.int64))
+        y = np.concatenate(ys)
+        if y.size and (y.min() < 0 or y.max() >= lay.num_classes):
+            raise LPSError(f"{d}: labels outside 0..{lay.num_classes - 1}")
+        return np.concatenate(xs), y
+
+    tr_x, tr_y = read(lay.train)
+    te_x, te_y = read(lay.test)
+    names = [str(n) for n in _read_cifar_file(d / lay.meta).get(lay.names_key, [])]
+    if len(names) != lay.num_classes:
+        raise LPSError(f"{d / lay.meta}: expected {lay.num_classes} names in '{lay.names_key}'")
+    missing = sorted(set(range(lay.num_classes)) - set(tr_y.tolist()))
+    if missing:
+        raise LPSError(f"{d}: no training image of class(es) {missing[:5]}")
     return ImageData(
-        name=name, train=to_t(tr.data), train_y=np.asarray(tr.targets, dtype=np.int64),
-        test=to_t(te.data), test_y=np.asarray(te.targets, dtype=np.int64), num_classes=num_classes,
-        channels=3, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, kind="small", class_names=list(tr.classes),
+        name=name, train=TensorImages(torch.from_numpy(np.ascontiguousarray(tr_x))), train_y=tr_y,
+        test=TensorImages(torch.from_numpy(np.ascontiguousarray(te_x))), test_y=te_y,
+        num_classes=lay.num_classes, channels=3, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, kind="small",
+        class_names=names,
     )
 
 
 @DATASETS.register("cifar10")
 def load_cifar10(data_dir: str = "", **_) -> ImageData:
-    return _load_cifar("CIFAR10", "cifar10", 10, data_dir)
+    return _load_cifar("cifar10", data_dir)
 
 
 @DATASETS.register("cifar100")
 def load_cifar100(data_dir: str = "", **_) -> ImageData:
-    return _load_cifar("CIFAR100", "cifar100", 100, data_dir)
+    return _load_cifar("cifar100", data_dir)
 
 
 def imagenet100_wnids() -> list[str]:
@@ -234,14 +344,19 @@ def load_imagenet100(imagenet_dir: str = "", num_workers: int = 8, **_) -> Image
     the ImageNet validation folder if it is laid out by WNID beside ``train/`` (``../val``), else
     empty.
     """
+    where = ("Fix: set data.imagenet_dir (workflow: --config imagenet_dir=DIR) to the ImageNet-1k train folder "
+             "(ILSVRC2012_img_train, one sub-folder of JPEGs per WNID, e.g. n01558993/*.JPEG); the 100 WNIDs "
+             "used are in lps/data/imagenet100_wnids.txt.")
     if not imagenet_dir:
-        raise LPSError("imagenet100 needs data.imagenet_dir: the ImageNet train folder (one sub-folder per WNID)")
+        raise LPSError(f"imagenet100 needs data.imagenet_dir, the ImageNet train folder.\n{where}")
     root = Path(imagenet_dir)
+    if not root.is_dir():
+        raise LPSError(f"data.imagenet_dir={root} is not a folder.\n{where}")
     wnids = imagenet100_wnids()
     missing = [w for w in wnids if not (root / w).is_dir()]
     if missing:
         raise LPSError(f"data.imagenet_dir={root}: {len(missing)} of the 100 class folders are missing "
-                       f"(first: {missing[:3]})")
+                       f"(first: {missing[:3]}).\n{where}")
 
     def scan(base: Path) -> tuple[list[str], np.ndarray]:
         files, ys = [], []
@@ -256,6 +371,10 @@ def load_imagenet100(imagenet_dir: str = "", num_workers: int = 8, **_) -> Image
         return files, np.asarray(ys, dtype=np.int64)
 
     tr_files, tr_y = scan(root)
+    empty = sorted(set(wnids) - {wnids[y] for y in set(tr_y.tolist())})
+    if empty:
+        raise LPSError(f"data.imagenet_dir={root}: {len(empty)} class folders hold no .JPEG/.jpg/.png file "
+                       f"(first: {empty[:3]})")
     val = root.parent / "val"
     te_files, te_y = scan(val) if val.is_dir() else ([], np.zeros(0, dtype=np.int64))
     return ImageData(

@@ -32,7 +32,6 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
-import lps  # noqa: F401  (torchvision shim before anything imports torchvision)
 from lps.config import Config, build_config, from_dict, overrides_to_dict, validate_config
 from lps.errors import LPSError
 from lps.methods import METHODS

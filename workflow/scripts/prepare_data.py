@@ -10,7 +10,7 @@ sys.stdout = sys.stderr = open(sm.log[0], "w", buffering=1)  # messages and trac
 
 import numpy as np  # noqa: E402
 
-import lps  # noqa: E402,F401
+
 from lps.config import build_config  # noqa: E402
 from lps.data.datasets import load_dataset  # noqa: E402
 from lps.errors import LPSError  # noqa: E402
