@@ -8,6 +8,8 @@ method's own dataclass (``lps/methods/<name>.py``).
 from __future__ import annotations
 
 import dataclasses
+import re
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -109,6 +111,10 @@ class Config:
 # dict <-> dataclass with type checking
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -151,13 +157,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise LPSError(f"config key {key!r}: expected true/false, got {value!r}")
     if tp is int:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # 1e3
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise LPSError(f"config key {key!r}: expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 5e-4 and 1e9 as strings; they mean numbers
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise LPSError(f"config key {key!r}: expected a finite number, got {value!r}")
             return float(value)
         raise LPSError(f"config key {key!r}: expected a number, got {value!r}")
     if tp is str:
@@ -250,6 +262,8 @@ def load_yaml(path: str | Path) -> dict:
         else:
             raise LPSError(f"config file {str(path)!r} not found (built-in configs: "
                            f"{', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.yaml')))})")
+    if path.is_dir():
+        raise LPSError(f"config file {str(path)!r} is a folder; give a YAML file (-c FILE.yaml)")
     with open(path) as fh:
         try:
             data = yaml.safe_load(fh) or {}
@@ -304,6 +318,30 @@ def validate_config(cfg: Config) -> None:
                        ("model.width", cfg.model.width), ("pretrain.batch_size", cfg.pretrain.batch_size)):
         if value <= 0:
             raise LPSError(f"config key {key!r} must be positive, got {value}")
+    for key, value in (("train.eval_every", cfg.train.eval_every),
+                       ("train.eval_batch_size", cfg.train.eval_batch_size)):
+        if value < 1:
+            raise LPSError(f"config key {key!r} must be >= 1, got {value}")
+    for key, value in (("optim.momentum", cfg.optim.momentum), ("optim.weight_decay", cfg.optim.weight_decay),
+                       ("pretrain.momentum", cfg.pretrain.momentum),
+                       ("pretrain.weight_decay", cfg.pretrain.weight_decay),
+                       ("data.split_seed", d.split_seed), ("data.max_train_per_class", d.max_train_per_class),
+                       ("data.max_test_per_class", d.max_test_per_class), ("data.num_workers", d.num_workers),
+                       ("train.seed", cfg.train.seed), ("train.threads", cfg.train.threads),
+                       ("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch),
+                       ("pretrain.seed", cfg.pretrain.seed),
+                       ("pretrain.max_steps_per_epoch", cfg.pretrain.max_steps_per_epoch)):
+        if value < 0:
+            raise LPSError(f"config key {key!r} must be >= 0, got {value}")
+    if cfg.optim.momentum >= 1 or cfg.pretrain.momentum >= 1:
+        raise LPSError("config keys 'optim.momentum' and 'pretrain.momentum' must be below 1")
+    if cfg.optim.gamma <= 0 or any(m < 0 for m in cfg.optim.milestones):
+        raise LPSError("config keys 'optim.gamma' must be positive and 'optim.milestones' >= 0")
+    if cfg.pretrain.lr <= 0:
+        raise LPSError(f"config key 'pretrain.lr' must be positive, got {cfg.pretrain.lr}")
+    if cfg.run_name and (not _RUN_NAME.fullmatch(cfg.run_name) or ".." in cfg.run_name):
+        raise LPSError(f"config key 'run_name' must be a plain folder name (letters, digits, _ . = + -), "
+                       f"got {cfg.run_name!r}")
     if cfg.pretrain.epochs < 0:
         raise LPSError(f"config key 'pretrain.epochs' must be >= 0, got {cfg.pretrain.epochs}")
     if cfg.optim.lr <= 0:

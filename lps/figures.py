@@ -187,7 +187,7 @@ def extract_features(run_dir: str | Path, max_points: int = 2000, seed: int = 0,
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_points, replace=False))
     model = build_model(cfg, data)
     try:
-        state = torch.load(ckpt_file, map_location="cpu", weights_only=False)["model"]
+        state = torch.load(ckpt_file, map_location="cpu", weights_only=True)["model"]
         model.load_state_dict(state)
     except Exception as e:  # noqa: BLE001
         raise LPSError(f"cannot load the model of {ckpt_file}: {type(e).__name__}: {e}") from None

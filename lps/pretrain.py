@@ -25,7 +25,8 @@ from lps.errors import LPSError
 from lps.models import build_backbone, resolve_arch
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
 from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, git_commit,
-                       hardware_info, library_versions, make_generator, read_jsonl, seed_everything, stable_hash)
+                       hardware_info, library_versions, make_generator, remove_stale_tmp, run_lock,
+                       seed_everything, stable_hash)
 
 
 def pretrain_identity(cfg: Config) -> dict:
@@ -83,64 +84,74 @@ def pretrain(cfg: Config) -> Path:
     if p.max_steps_per_epoch > 0:
         steps = min(steps, p.max_steps_per_epoch)
 
-    ckpt_file = out_dir / "checkpoint.pt"
-    ident = stable_hash(pretrain_identity(cfg))
-    start = 0
-    if ckpt_file.exists():
-        try:
-            ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-            if ckpt.get("identity") != ident:
-                raise LPSError(f"{ckpt_file} belongs to another pretraining config; delete {out_dir}")
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            start = ckpt["epoch"]
-        except LPSError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise LPSError(f"pretraining checkpoint {ckpt_file} is corrupt ({e}); delete it to start over") from None
-        print(f"[lps] resuming SimCLR pretraining from epoch {start}", flush=True)
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.yaml", config_to_yaml(cfg))
-    atomic_write_text(out_dir / "run_info.json", json.dumps({
-        "git_commit": git_commit(), "libraries": library_versions(), "hardware": hardware_info(device),
-        "command": sys.argv, "n_images": len(pool), "steps_per_epoch": steps, "arch": arch}, indent=2))
-    kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r["epoch"] < start]
-    atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    with run_lock(out_dir, "pretraining"):
+        if final.exists():  # finished by another process meanwhile
+            return final
+        for name in remove_stale_tmp(out_dir):
+            print(f"[lps] pretraining: removed {name} (left by a kill during a write)", flush=True)
+        ckpt_file = out_dir / "checkpoint.pt"
+        ident = stable_hash(pretrain_identity(cfg))
+        start, history = 0, []
+        if ckpt_file.exists():
+            try:
+                ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+                if ckpt.get("identity") != ident:
+                    raise LPSError(f"{ckpt_file} belongs to another pretraining config; delete {out_dir}")
+                model.load_state_dict(ckpt["model"])
+                opt.load_state_dict(ckpt["optimizer"])
+                start = ckpt["epoch"]
+                history = list(ckpt.get("history", []))
+                if len(history) != start:
+                    raise LPSError(f"{ckpt_file} has no metrics history (written by an older lps?); delete {out_dir}")
+            except LPSError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise LPSError(f"pretraining checkpoint {ckpt_file} is corrupt ({e}); delete it to start over") from None
+            print(f"[lps] resuming SimCLR pretraining from epoch {start}", flush=True)
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "config.yaml", config_to_yaml(cfg))
+        atomic_write_text(out_dir / "run_info.json", json.dumps({
+            "git_commit": git_commit(), "libraries": library_versions(), "hardware": hardware_info(device),
+            "command": sys.argv, "n_images": len(pool), "steps_per_epoch": steps, "arch": arch}, indent=2))
+        # the checkpoint is the commit point of an epoch: metrics.jsonl is rebuilt from its history
+        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
-    model.train()
-    for epoch in range(start, p.epochs):
-        t0 = time.time()
-        lr = base_lr * cosine_factor(epoch, p.epochs)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        seed_everything(derive_seed(p.seed, "pretrain-epoch", epoch))
-        g_idx = make_generator(derive_seed(p.seed, "pretrain-batches", epoch))
-        g_aug = make_generator(derive_seed(p.seed, "pretrain-augment", epoch), device)
-        perm = pool[torch.randperm(len(pool), generator=g_idx)]
-        index_batches = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
-        total = 0.0
-        for x in images.batches(index_batches, device):
-            v1, v2 = augmenter.simclr(x, g_aug), augmenter.simclr(x, g_aug)
-            if device.type == "cuda" and cfg.train.channels_last:
-                v1 = v1.contiguous(memory_format=torch.channels_last)
-                v2 = v2.contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.train.precision):
-                z = model(torch.cat([v1, v2]))
-            za, zb = z.float().chunk(2)
-            loss = losses.unsupervised_contrastive_loss(za, zb, p.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        dt = time.time() - t0
-        rec = {"epoch": epoch, "lr": lr, "loss": total / max(steps, 1), "images_per_s": steps * batch_size / dt,
-               "epoch_time_s": dt}
-        atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "identity": ident}, ckpt_file)
-        append_jsonl(out_dir / "metrics.jsonl", rec)
-        if cfg.train.progress != "none":
-            print(f"[lps] simclr epoch {epoch + 1}/{p.epochs} | loss {rec['loss']:.4f} | "
-                  f"{rec['images_per_s']:.0f} img/s", flush=True)
-    atomic_torch_save(model.backbone.state_dict(), final)
-    return final
+        model.train()
+        for epoch in range(start, p.epochs):
+            t0 = time.time()
+            lr = base_lr * cosine_factor(epoch, p.epochs)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            seed_everything(derive_seed(p.seed, "pretrain-epoch", epoch))
+            g_idx = make_generator(derive_seed(p.seed, "pretrain-batches", epoch))
+            g_aug = make_generator(derive_seed(p.seed, "pretrain-augment", epoch), device)
+            perm = pool[torch.randperm(len(pool), generator=g_idx)]
+            index_batches = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+            total = 0.0
+            for x in images.batches(index_batches, device):
+                v1, v2 = augmenter.simclr(x, g_aug), augmenter.simclr(x, g_aug)
+                if device.type == "cuda" and cfg.train.channels_last:
+                    v1 = v1.contiguous(memory_format=torch.channels_last)
+                    v2 = v2.contiguous(memory_format=torch.channels_last)
+                with autocast(device, cfg.train.precision):
+                    z = model(torch.cat([v1, v2]))
+                za, zb = z.float().chunk(2)
+                loss = losses.unsupervised_contrastive_loss(za, zb, p.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+            dt = time.time() - t0
+            rec = {"epoch": epoch, "lr": lr, "loss": total / max(steps, 1), "images_per_s": steps * batch_size / dt,
+                   "epoch_time_s": dt}
+            rec = json.loads(json.dumps(rec))
+            append_jsonl(out_dir / "metrics.jsonl", rec)  # durable before the commit point
+            history.append(rec)
+            atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "identity": ident, "history": history}, ckpt_file)  # commit point of the epoch
+            if cfg.train.progress != "none":
+                print(f"[lps] simclr epoch {epoch + 1}/{p.epochs} | loss {rec['loss']:.4f} | "
+                      f"{rec['images_per_s']:.0f} img/s", flush=True)
+        atomic_torch_save(model.backbone.state_dict(), final)
+        return final

@@ -95,9 +95,24 @@ def write_result(row: dict, path: str | Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def read_result_table(path) -> pa.Table:
+    """One run's result file; a damaged one is an LPSError saying how to recover."""
+    from lps.errors import LPSError
+
+    try:
+        return pq.read_table(path, schema=RESULT_SCHEMA)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise LPSError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:160]}); delete it and rerun the "
+                       "run: it is rewritten from the run's last checkpoint without training again") from None
+
+
+def read_result_row(path) -> dict:
+    return read_result_table(path).to_pandas().iloc[0].to_dict()
+
+
 def read_results(paths) -> pd.DataFrame:
     """Concatenate result files into one tidy frame with the fixed schema."""
-    tables = [pq.read_table(p, schema=RESULT_SCHEMA) for p in paths]
+    tables = [read_result_table(p) for p in paths]
     if not tables:
         return RESULT_SCHEMA.empty_table().to_pandas()
     return pa.concat_tables(tables).to_pandas()

@@ -10,7 +10,23 @@ A run folder (``<output_dir>/<run_id>``) holds:
 - ``checkpoint.pt`` the last finished epoch (model, method state, optimiser, schedule)
 - ``result.parquet`` one row, written when the run completes (schema: ``lps.results``)
 
+- ``.lock``         who is training the run (pid, host); ``flock``-ed while a process works on it
+
 Starting the same run again resumes from ``checkpoint.pt``; a finished run returns its result.
+
+Crash consistency (a kill, preemption or OOM at any instant):
+
+- Every file is written to a temporary file, fsynced and renamed (``lps.utils.atomic_write``), except
+  ``metrics.jsonl``, which is appended and fsynced. Each write passes ``lps.utils.write_point``, where
+  the fault-injection test (``tests/test_crash_safety.py``) kills the process, one point at a time.
+- The commit point of epoch e is the rename of ``checkpoint.pt`` holding epoch e: model, method and
+  optimiser state, and the metrics history of epochs 0..e. Epoch e's line is appended to
+  ``metrics.jsonl`` before it, so it is never less durable than its checkpoint.
+- A resume trusts only the checkpoint. It takes the run's lock (a second process of the same run
+  stops at once), deletes temporary files left by a killed write, rebuilds ``metrics.jsonl`` from
+  the checkpoint's history (dropping a line of an uncommitted epoch, restoring a lost or torn one),
+  and redoes the uncommitted epoch. ``result.parquet`` is written last, from the committed history,
+  so a kill before it only repeats that write.
 """
 
 from __future__ import annotations
@@ -35,10 +51,11 @@ from lps.errors import LPSError
 from lps.evaluation import openssl_metrics
 from lps.methods import METHODS, Batch, Method, MethodContext
 from lps.models import OpenWorldModel, apply_freeze, build_backbone, load_backbone_state, resolve_arch
-from lps.results import make_result_row, write_result
+from lps.results import make_result_row, read_result_row, write_result
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
-from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, device_label,
-                       git_commit, hardware_info, library_versions, make_generator, read_jsonl, seed_everything,
+from lps.utils import (_json_default, append_jsonl, atomic_torch_save, atomic_write_text, derive_seed,
+                       device_label, remove_stale_tmp, run_lock,
+                       git_commit, hardware_info, library_versions, make_generator, seed_everything,
                        stable_hash)
 
 # keys that do not change what a run computes: excluded from the run id and the resume check
@@ -313,7 +330,7 @@ def check_run_dir(run_dir: Path, cfg: Config) -> bool:
 
 def load_checkpoint(path: Path) -> dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise LPSError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); delete it to restart "
                        "the run from scratch") from None
@@ -337,10 +354,8 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     resuming = check_run_dir(run_dir, cfg)
     result_file = run_dir / "result.parquet"
     if result_file.exists():
-        import pandas as pd
-
         print(f"[lps] {rid}: already complete ({result_file})", flush=True)
-        return pd.read_parquet(result_file).iloc[0].to_dict()
+        return read_result_row(result_file)
 
     # everything that can fail on user input happens before the run folder is written
     data, split, test_idx = prepare_data(cfg)
@@ -369,103 +384,117 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     train_images = data.train.to(device) if device.type == "cuda" else data.train
     forward_model = torch.compile(model) if cfg.train.compile else model
 
-    start_epoch = 0
-    unlabeled_probs = None  # softmax on the unlabeled set from the last evaluation
-    ckpt_file = run_dir / "checkpoint.pt"
-    if resuming and ckpt_file.exists():
-        ckpt = load_checkpoint(ckpt_file)
-        if ckpt["identity"] != stable_hash(run_identity(cfg)):
-            raise LPSError(f"checkpoint {ckpt_file} belongs to another config; delete {run_dir}")
+    with run_lock(run_dir, "run"):
+        if result_file.exists():  # finished by another process while this one was loading
+            return read_result_row(result_file)
+        resuming = check_run_dir(run_dir, cfg)
+        for name in remove_stale_tmp(run_dir):
+            print(f"[lps] {rid}: removed {name} (left by a kill during a write)", flush=True)
+        start_epoch = 0
+        unlabeled_probs = None  # softmax on the unlabeled set from the last evaluation
+        ckpt_file = run_dir / "checkpoint.pt"
+        history: list[dict] = []
+        if resuming and ckpt_file.exists():
+            ckpt = load_checkpoint(ckpt_file)
+            if ckpt["identity"] != stable_hash(run_identity(cfg)):
+                raise LPSError(f"checkpoint {ckpt_file} belongs to another config; delete {run_dir}")
+            try:
+                model.load_state_dict(ckpt["model"])
+                method.load_state_dict(ckpt["method"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise LPSError(f"checkpoint {ckpt_file} does not match this model/method: {e}; delete it") from None
+            start_epoch = ckpt["epoch"]
+            unlabeled_probs = ckpt.get("unlabeled_probs")
+            history = list(ckpt.get("history", []))
+            if len(history) != start_epoch or any(r.get("epoch") != i for i, r in enumerate(history)):
+                raise LPSError(f"checkpoint {ckpt_file} has no metrics history for epochs 0..{start_epoch - 1} "
+                               f"(written by an older lps?); delete {run_dir} to start the run over")
+            print(f"[lps] {rid}: resuming from epoch {start_epoch} ({ckpt_file})", flush=True)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+            split.save(run_dir / "split.npz")
+        info = {
+            "run_id": rid, "git_commit": git_commit(), "libraries": library_versions(),
+            "hardware": hardware_info(device), "command": sys.argv, "init": init_report,
+            "n_labeled": n_lab, "n_unlabeled": n_unl, "n_test": int(len(test_idx)), "n_seen": split.n_seen,
+            "batch_labeled": b_lab, "batch_unlabeled": b_unl, "steps_per_epoch": steps,
+            "started_at_epoch": start_epoch,
+        }
+        atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
+        # the checkpoint is the commit point: metrics.jsonl is rebuilt from its history (a line appended
+        # after it, or a line lost or torn by a kill, is repaired here)
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+        labeled = torch.as_tensor(split.labeled_idx)
+        unlabeled = torch.as_tensor(split.unlabeled_idx)
+        view_fns = {"weak": augmenter.weak, "strong": augmenter.strong, "simclr": augmenter.simclr}
+        total_steps_done = 0
+        last_metrics: dict = history[-1] if history else {}
+        history_at_start = list(history)
+        if not method_cls.trains:
+            start_epoch = cfg.optim.epochs  # nothing to optimise: evaluate the initial model only
+        progress = Progress(cfg.train.progress, (cfg.optim.epochs - start_epoch) * steps, rid)
         try:
-            model.load_state_dict(ckpt["model"])
-            method.load_state_dict(ckpt["method"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise LPSError(f"checkpoint {ckpt_file} does not match this model/method: {e}; delete it") from None
-        start_epoch = ckpt["epoch"]
-        unlabeled_probs = ckpt.get("unlabeled_probs")
-        print(f"[lps] {rid}: resuming from epoch {start_epoch} ({ckpt_file})", flush=True)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
-        split.save(run_dir / "split.npz")
-    info = {
-        "run_id": rid, "git_commit": git_commit(), "libraries": library_versions(),
-        "hardware": hardware_info(device), "command": sys.argv, "init": init_report,
-        "n_labeled": n_lab, "n_unlabeled": n_unl, "n_test": int(len(test_idx)), "n_seen": split.n_seen,
-        "batch_labeled": b_lab, "batch_unlabeled": b_unl, "steps_per_epoch": steps,
-        "started_at_epoch": start_epoch,
-    }
-    atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
-    # keep the metrics of finished epochs only (a crash mid-epoch may leave a later line)
-    history = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] < start_epoch]
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            for epoch in range(start_epoch, cfg.optim.epochs):
+                t_epoch = time.time()
+                lr = cfg.optim.lr * lr_factor(cfg, epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                method.on_epoch_start(epoch, model, unlabeled_probs)
+                seed_everything(derive_seed(cfg.train.seed, "epoch", epoch))
+                g_idx = make_generator(derive_seed(cfg.train.seed, "batches", epoch))
+                g_aug = make_generator(derive_seed(cfg.train.seed, "augment", epoch), device)
+                index_batches = epoch_index_batches(labeled, unlabeled, b_lab, b_unl, steps, g_idx)
+                model.train()
+                sums: dict[str, float] = {}
+                n_images = 0
+                for idx, x in zip(index_batches, train_images.batches(index_batches, device)):
+                    y_lb = torch.as_tensor(data.train_y[idx[:b_lab].numpy()], device=device)
+                    views = [view_fns[v](x, g_aug) for v in method_cls.views]
+                    if device.type == "cuda" and cfg.train.channels_last:
+                        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                    batch = Batch(views=views, y_lb=y_lb, n_lb=b_lab, idx=idx.to(device), generator=g_aug)
+                    try:
+                        out = optimization_step(method, forward_model, optimizer, batch, device, cfg.train.precision)
+                    except FloatingPointError as e:
+                        raise LPSError(f"{rid}: {e} at epoch {epoch}; lower optim.lr or check data") from None
+                    loss = out["loss"]
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    n_images += len(idx)
+                    total_steps_done += 1
+                    progress.update(1, loss=float(loss.detach()))
+                    if stop_after_steps and total_steps_done >= stop_after_steps:
+                        raise KeyboardInterrupt("stop_after_steps reached")
+                train_time = time.time() - t_epoch
+                record = {"epoch": epoch, "lr": lr, **{k: v / max(len(index_batches), 1) for k, v in sums.items()},
+                          "images_per_s": n_images / max(train_time, 1e-9), "train_time_s": train_time}
+                if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+                    metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
+                    record.update(metrics)
+                record["epoch_time_s"] = time.time() - t_epoch
+                record = json.loads(json.dumps(record, default=_json_default))  # plain JSON types, as read back
+                append_jsonl(run_dir / "metrics.jsonl", record)  # durable before the epoch's commit point
+                history.append(record)
+                atomic_torch_save({
+                    "epoch": epoch + 1, "model": model.state_dict(), "method": method.state_dict(),
+                    "optimizer": optimizer.state_dict(), "identity": stable_hash(run_identity(cfg)),
+                    "unlabeled_probs": unlabeled_probs, "history": history,
+                }, ckpt_file)  # commit point of the epoch
+                last_metrics = record
+                progress.log(_epoch_line(rid, record, cfg.optim.epochs))
+        finally:
+            progress.close()
 
-    labeled = torch.as_tensor(split.labeled_idx)
-    unlabeled = torch.as_tensor(split.unlabeled_idx)
-    view_fns = {"weak": augmenter.weak, "strong": augmenter.strong, "simclr": augmenter.simclr}
-    total_steps_done = 0
-    last_metrics: dict = history[-1] if history else {}
-    if not method_cls.trains:
-        start_epoch = cfg.optim.epochs  # nothing to optimise: evaluate the initial model only
-    progress = Progress(cfg.train.progress, (cfg.optim.epochs - start_epoch) * steps, rid)
-    try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            t_epoch = time.time()
-            lr = cfg.optim.lr * lr_factor(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            method.on_epoch_start(epoch, model, unlabeled_probs)
-            seed_everything(derive_seed(cfg.train.seed, "epoch", epoch))
-            g_idx = make_generator(derive_seed(cfg.train.seed, "batches", epoch))
-            g_aug = make_generator(derive_seed(cfg.train.seed, "augment", epoch), device)
-            index_batches = epoch_index_batches(labeled, unlabeled, b_lab, b_unl, steps, g_idx)
-            model.train()
-            sums: dict[str, float] = {}
-            n_images = 0
-            for idx, x in zip(index_batches, train_images.batches(index_batches, device)):
-                y_lb = torch.as_tensor(data.train_y[idx[:b_lab].numpy()], device=device)
-                views = [view_fns[v](x, g_aug) for v in method_cls.views]
-                if device.type == "cuda" and cfg.train.channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                batch = Batch(views=views, y_lb=y_lb, n_lb=b_lab, idx=idx.to(device), generator=g_aug)
-                try:
-                    out = optimization_step(method, forward_model, optimizer, batch, device, cfg.train.precision)
-                except FloatingPointError as e:
-                    raise LPSError(f"{rid}: {e} at epoch {epoch}; lower optim.lr or check data") from None
-                loss = out["loss"]
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                n_images += len(idx)
-                total_steps_done += 1
-                progress.update(1, loss=float(loss.detach()))
-                if stop_after_steps and total_steps_done >= stop_after_steps:
-                    raise KeyboardInterrupt("stop_after_steps reached")
-            train_time = time.time() - t_epoch
-            record = {"epoch": epoch, "lr": lr, **{k: v / max(len(index_batches), 1) for k, v in sums.items()},
-                      "images_per_s": n_images / max(train_time, 1e-9), "train_time_s": train_time}
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
-                metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
-                record.update(metrics)
-            record["epoch_time_s"] = time.time() - t_epoch
-            atomic_torch_save({
-                "epoch": epoch + 1, "model": model.state_dict(), "method": method.state_dict(),
-                "optimizer": optimizer.state_dict(), "identity": stable_hash(run_identity(cfg)),
-                "unlabeled_probs": unlabeled_probs,
-            }, ckpt_file)
-            append_jsonl(run_dir / "metrics.jsonl", record)
-            last_metrics = record
-            progress.log(_epoch_line(rid, record, cfg.optim.epochs))
-    finally:
-        progress.close()
-
-    if not method_cls.trains or "acc_all" not in last_metrics:
-        last_metrics, _ = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
-    row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history),
-                          device=device_label(device), git=info["git_commit"], libs=info["libraries"],
-                          n_seen=split.n_seen)
-    write_result(row, result_file)
-    return row
+        if not method_cls.trains or "acc_all" not in last_metrics:
+            last_metrics, _ = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
+        row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history_at_start),
+                              device=device_label(device), git=info["git_commit"], libs=info["libraries"],
+                              n_seen=split.n_seen)
+        write_result(row, result_file)
+        return row
 
 
 def _total_wall(run_dir: Path, t_start: float, history: list[dict]) -> float:

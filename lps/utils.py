@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,24 +18,72 @@ import numpy as np
 import torch
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place.
+def write_point(label: str) -> None:
+    """Mark a point between two writes of a run folder, where a kill may fall.
 
-    A crash at any point leaves either the old file or the new one, never half of one.
+    Used by the fault-injection tests: with ``$LPS_FAULT_LOG`` set, every point passed is appended
+    to that file (so the tests enumerate the write points instead of hard-coding them); with
+    ``$LPS_FAULT_AT=N`` the N-th point passed (1-based) kills this process with SIGKILL.
+    """
+    log, at = os.environ.get("LPS_FAULT_LOG"), os.environ.get("LPS_FAULT_AT")
+    if not (log or at):
+        return
+    _FAULT_COUNT[0] += 1
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{_FAULT_COUNT[0]}\t{label}\n")
+    if at and _FAULT_COUNT[0] == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_COUNT = [0]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it into place.
+
+    A crash at any point leaves either the old file or the new one, never half of one (plus, at
+    worst, a ``.<name>.*.tmp`` file that ``remove_stale_tmp`` deletes on the next start). The file
+    gets the permissions of a plain ``open()`` (0666 less the umask), so teammates sharing a results
+    folder can read it when the umask allows.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_point(f"{path.name}: before temp file")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
+        write_point(f"{path.name}: temp written")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        write_point(f"{path.name}: temp fsynced")
         os.replace(tmp, path)
+        write_point(f"{path.name}: renamed")
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[str]:
+    """Delete the ``.<name>.*.tmp`` files an ``atomic_write`` killed mid-way left in ``folder``
+    (call it while holding the folder's ``run_lock``). Returns the names removed."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for f in folder.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed.append(f.name)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -50,27 +99,89 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line and flush it to disk (a partial last line is dropped on read)."""
+    """Append one JSON line and fsync it. A kill mid-append leaves a torn last line, which
+    ``read_jsonl`` repairs."""
+    line = json.dumps(record, default=_json_default) + "\n"
+    name = Path(path).name
+    write_point(f"{name}: before append")
     with open(path, "a") as fh:
-        fh.write(json.dumps(record, default=_json_default) + "\n")
+        half = len(line) // 2
+        fh.write(line[:half])
+        fh.flush()
+        write_point(f"{name}: half a line appended")
+        fh.write(line[half:])
         fh.flush()
         os.fsync(fh.fileno())
+    write_point(f"{name}: line appended")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything after it is untrustworthy
+def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
+    """The records of a JSON-lines file. A torn last line (no newline: a crash mid-append) is
+    dropped with a warning, and cut from the file when ``repair``; any other line that is not a JSON
+    object is an LPSError naming the file and line. Nothing is dropped silently."""
+    from lps.errors import LPSError
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    torn = lines.pop()  # after the last newline: b"" unless the last append was cut
+    out, good_len = [], 0
+    for i, line in enumerate(lines, 1):
+        good_len += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LPSError(f"{path}, line {i}: not a JSON record ({type(e).__name__}: {str(e)[:80]}); "
+                           "fix or delete the line") from None
+        if not isinstance(rec, dict):
+            raise LPSError(f"{path}, line {i}: not a JSON object")
+        out.append(rec)
+    if torn.strip():
+        import warnings
+
+        warnings.warn(f"{path}: dropped a torn last line ({len(torn)} bytes, a crash mid-append)", stacklevel=2)
+        print(f"[lps] warning: {path}: dropped a torn last line ({len(torn)} bytes, a crash mid-append)",
+              flush=True)
+        if repair:
+            with open(path, "r+b") as fh:
+                fh.truncate(good_len)
+                os.fsync(fh.fileno())
     return out
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, what: str = "run"):
+    """Hold an exclusive ``flock`` on ``<folder>/.lock`` (holder's pid, host and start time written in
+    it) for the duration; another process gets an LPSError naming the holder at once. The lock dies
+    with its process, so a lock file left by a killed process is simply taken over."""
+    import fcntl
+    import socket
+    import time
+
+    from lps.errors import LPSError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise LPSError(f"{folder}: this {what} is already running ({holder}); wait for it to finish or "
+                           "stop that process") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
 
 
 def _json_default(o: Any) -> Any:

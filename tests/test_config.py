@@ -34,6 +34,17 @@ def test_roundtrip_yaml(tmp_path):
     (["method.tau=-1"], "'method.tau'"),
     (["method.lambda_seen=1.5"], "'method.lambda_seen'"),
     (["novalue"], "key=value"),
+    (["train.eval_every=0"], "'train.eval_every'"),
+    (["train.eval_batch_size=0"], "'train.eval_batch_size'"),
+    (["optim.momentum=-0.9"], "'optim.momentum'"),
+    (["optim.weight_decay=-1e-4"], "'optim.weight_decay'"),
+    (["data.split_seed=-1"], "'data.split_seed'"),
+    (["data.max_train_per_class=-5"], "'data.max_train_per_class'"),
+    (["optim.lr=.nan"], "'optim.lr'"),
+    (["optim.lr=.inf"], "'optim.lr'"),
+    (["method.tau=.nan"], "'method.tau'"),
+    (["run_name=/some/abs/path"], "'run_name'"),
+    (["run_name=../up"], "'run_name'"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(LPSError) as e:
@@ -53,3 +64,31 @@ def test_override_parsing():
 def test_missing_config_file():
     with pytest.raises(LPSError, match="not found"):
         build_config(["does/not/exist.yaml"])
+
+
+def test_exponent_numbers_mean_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads 5e-4 and 1e9 as strings; on the command line and in files they are numbers."""
+    cfg = build_config([], ["optim.weight_decay=5e-4", "optim.lr=1E-1", "method.tau=4e-1", "optim.epochs=1e1"])
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.lr == 0.1 and cfg.method["tau"] == 0.4
+    assert cfg.optim.epochs == 10
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  weight_decay: 5e-4\n")
+    assert build_config([str(f)]).optim.weight_decay == 5e-4
+    with pytest.raises(LPSError, match="'optim.lr'"):
+        build_config([], ["optim.lr=5e-4x"])
+
+
+def test_config_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(LPSError, match="is a folder"):
+        build_config([str(tmp_path)])
+
+
+def test_bad_values_fail_before_any_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    for o in ("train.eval_every=0", "train.eval_batch_size=0", f"run_name={tmp_path / 'abs'}"):
+        r = subprocess.run([sys.executable, "-m", "lps", "train", f"output_dir={tmp_path / 'runs'}", o],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and o.split("=")[0] in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "abs").exists()
