@@ -37,7 +37,7 @@ def test_roundtrip_yaml(tmp_path):
     (["train.eval_every=0"], "'train.eval_every'"),
     (["train.eval_batch_size=0"], "'train.eval_batch_size'"),
     (["optim.momentum=-0.9"], "'optim.momentum'"),
-    (["optim.weight_decay=-1e-4"], "'optim.weight_decay'"),
+    (["optim.weight_decay=-0.0001"], "'optim.weight_decay'"),
     (["data.split_seed=-1"], "'data.split_seed'"),
     (["data.max_train_per_class=-5"], "'data.max_train_per_class'"),
     (["optim.lr=.nan"], "'optim.lr'"),
