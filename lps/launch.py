@@ -66,6 +66,9 @@ FAILED_GRACE_S = 10  # how long a failed state must last before it is reported (
 OOM_PATTERNS = ("exceeded memory limit", "oom-kill", "out of memory", "out_of_memory", "oom_kill")
 
 
+_SIGNALLED: list[float] = []  # times submitit's USR2 handler called Job.checkpoint in this process
+
+
 class Job:
     """A picklable submitit callable; ``checkpoint()`` requeues it on preemption or timeout, and the
     requeued job resumes from the run's ``checkpoint.pt``."""
@@ -83,16 +86,28 @@ class Job:
         if self.kind == "pretrain":
             from lps.pretrain import pretrain
 
-            return str(pretrain(cfg))
-        from lps.trainer import train
+            out = str(pretrain(cfg))
+        else:
+            from lps.trainer import train
 
-        return train(cfg)["run_id"]
+            out = train(cfg)["run_id"]
+        if _SIGNALLED:
+            # submitit requeues by exiting from its USR2 handler (SystemExit). Getting here after the
+            # handler ran means it decided not to requeue (time-outs exhausted) and raised its
+            # UncompletedJobError inside code that caught it (an ``except Exception`` while loading):
+            # the job still ends as submitit decided, instead of running on past its notice.
+            from submitit.core.utils import UncompletedJobError
+
+            raise UncompletedJobError("Job not requeued after SIGUSR2 (timed out too many times); the run "
+                                      "resumes from its last checkpoint when started again")
+        return out
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on USR2 (time limit near, or preemption): requeue this same job. Nothing to
         save here: the trainer checkpoints every epoch and resumes from the last one."""
         import submitit
 
+        _SIGNALLED.append(time.time())
         print(f"{PREFIX} checkpoint(): requeueing; the run resumes from its last epoch checkpoint", flush=True)
         return submitit.helpers.DelayedSubmission(Job(self.kind, self.lps_args))
 
