@@ -8,8 +8,8 @@ method's own dataclass (``lps/methods/<name>.py``).
 from __future__ import annotations
 
 import dataclasses
-import re
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field

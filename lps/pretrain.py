@@ -25,8 +25,8 @@ from lps.errors import LPSError
 from lps.models import build_backbone, resolve_arch
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
 from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, git_commit,
-                       hardware_info, library_versions, make_generator, remove_stale_tmp, run_lock,
-                       seed_everything, stable_hash)
+                       hardware_info, library_versions, make_generator, plain_json, remove_stale_tmp, run_lock,
+                       seed_everything, stable_hash, write_jsonl)
 
 
 def pretrain_identity(cfg: Config) -> dict:
@@ -115,7 +115,7 @@ def pretrain(cfg: Config) -> Path:
             "git_commit": git_commit(), "libraries": library_versions(), "hardware": hardware_info(device),
             "command": sys.argv, "n_images": len(pool), "steps_per_epoch": steps, "arch": arch}, indent=2))
         # the checkpoint is the commit point of an epoch: metrics.jsonl is rebuilt from its history
-        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        write_jsonl(out_dir / "metrics.jsonl", history)
 
         model.train()
         for epoch in range(start, p.epochs):
@@ -145,7 +145,7 @@ def pretrain(cfg: Config) -> Path:
             dt = time.time() - t0
             rec = {"epoch": epoch, "lr": lr, "loss": total / max(steps, 1), "images_per_s": steps * batch_size / dt,
                    "epoch_time_s": dt}
-            rec = json.loads(json.dumps(rec))
+            rec = plain_json(rec)
             append_jsonl(out_dir / "metrics.jsonl", rec)  # durable before the commit point
             history.append(rec)
             atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),

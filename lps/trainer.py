@@ -53,10 +53,9 @@ from lps.methods import METHODS, Batch, Method, MethodContext
 from lps.models import OpenWorldModel, apply_freeze, build_backbone, load_backbone_state, resolve_arch
 from lps.results import make_result_row, read_result_row, write_result
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
-from lps.utils import (_json_default, append_jsonl, atomic_torch_save, atomic_write_text, derive_seed,
-                       device_label, remove_stale_tmp, run_lock,
-                       git_commit, hardware_info, library_versions, make_generator, seed_everything,
-                       stable_hash)
+from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, device_label,
+                       git_commit, hardware_info, library_versions, make_generator, plain_json, remove_stale_tmp,
+                       run_lock, seed_everything, stable_hash, write_jsonl)
 
 # keys that do not change what a run computes: excluded from the run id and the resume check
 NON_SCIENTIFIC = {
@@ -425,7 +424,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
         atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
         # the checkpoint is the commit point: metrics.jsonl is rebuilt from its history (a line appended
         # after it, or a line lost or torn by a kill, is repaired here)
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        write_jsonl(run_dir / "metrics.jsonl", history)
 
         labeled = torch.as_tensor(split.labeled_idx)
         unlabeled = torch.as_tensor(split.unlabeled_idx)
@@ -475,7 +474,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                     metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
                     record.update(metrics)
                 record["epoch_time_s"] = time.time() - t_epoch
-                record = json.loads(json.dumps(record, default=_json_default))  # plain JSON types, as read back
+                record = plain_json(record)  # as read back from metrics.jsonl
                 append_jsonl(run_dir / "metrics.jsonl", record)  # durable before the epoch's commit point
                 history.append(record)
                 atomic_torch_save({

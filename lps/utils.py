@@ -115,6 +115,16 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     write_point(f"{name}: line appended")
 
 
+def plain_json(record: dict) -> dict:
+    """``record`` as it reads back from a JSON line (numpy scalars become Python numbers)."""
+    return json.loads(json.dumps(record, default=_json_default))
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace a JSON-lines file atomically with ``records``, one line each."""
+    atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
+
+
 def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
     """The records of a JSON-lines file. A torn last line (no newline: a crash mid-append) is
     dropped with a warning, and cut from the file when ``repair``; any other line that is not a JSON
@@ -144,8 +154,6 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
         import warnings
 
         warnings.warn(f"{path}: dropped a torn last line ({len(torn)} bytes, a crash mid-append)", stacklevel=2)
-        print(f"[lps] warning: {path}: dropped a torn last line ({len(torn)} bytes, a crash mid-append)",
-              flush=True)
         if repair:
             with open(path, "r+b") as fh:
                 fh.truncate(good_len)
