@@ -22,9 +22,8 @@ FixMatch port the OpenSSL code bases build on), written here with ``PIL.ImageOps
 ``PIL.ImageEnhance``: 2 ops drawn with replacement from the 14-op ``fixmatch_augment_pool``,
 magnitude ``np.random.randint(1, m)`` (1..9 for m = 10: NumPy's upper bound is exclusive), each
 op applied with probability 0.5, geometric ops with PIL's default black fill, then an always-on
-``CutoutAbs`` filled with (127, 127, 127). (This project's batched version,
-``lps.data.augment.randaugment_fixmatch``, draws magnitudes 1..10 and fills geometric ops with
-128, as in the FixMatch paper; the throughput does not depend on either detail.)
+``CutoutAbs`` filled with (127, 127, 127) (PIL's inclusive rectangle: 17 x 17 px). This
+project's batched version, ``lps.data.augment.randaugment_fixmatch``, draws the same parameters.
 
 Training step (``reference_training_step``): the batch is copied to the device, three separate
 fp32 forward passes (one per view, so BatchNorm normalises each view with its own statistics),

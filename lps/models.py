@@ -72,13 +72,24 @@ class ResNet50(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
+def normed_linear_init(in_dim: int, num_classes: int) -> torch.Tensor:
+    """The released ``NormedLinear`` initialisation (LPS/ORCA ``models/resnet_s.py``): a weight of
+    shape ``[in_dim, num_classes]`` drawn ``uniform_(-1, 1)``, each class column renormalised to
+    norm 1 (``renorm_(2, 1, 1e-5).mul_(1e5)``). Returned transposed, ``[num_classes, in_dim]``, so
+    the same torch random state gives the released values. PyTorch's default Linear init would start
+    the class vectors at norm ~0.58, and a normalised head's effective learning rate scales as
+    ``1 / |w|^2`` (about 3x the released head's early on)."""
+    w = torch.empty(in_dim, num_classes).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+    return w.t().contiguous()
+
+
 class CosineClassifier(nn.Module):
-    """``logits = scale * normalize(feat) @ normalize(W)``, no bias (ORCA/LPS head, scale 10)."""
+    """``logits = scale * normalize(feat) @ normalize(W)``, no bias (ORCA/LPS head, scale 10).
+    Every class vector starts at norm 1 (:func:`normed_linear_init`, as released)."""
 
     def __init__(self, in_dim: int, num_classes: int, scale: float = 10.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
-        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.weight = nn.Parameter(normed_linear_init(in_dim, num_classes))
         self.scale = scale
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:

@@ -108,18 +108,16 @@ def test_geometric_op_equals_torchvision_per_sample(name, channels):
 
 
 def test_geometric_ops_agree_with_pil_as_used_by_fixmatch():
-    """FixMatch's PIL calls: ShearX (1, s, 0, 0, 1, 0) == shear_x(s), TranslateX (1, 0, v, 0, 1, 0)
-    == translate_x(-v), img.rotate(a) == rotate(a) (fill 128 in both)."""
+    """The released PIL calls, which pass no fill (PIL's default 0): ShearX (1, s, 0, 0, 1, 0) ==
+    shear_x(s), TranslateX (1, 0, v, 0, 1, 0) == translate_x(-v), img.rotate(a) == rotate(a), each
+    with this project's default fill."""
     Image = pytest.importorskip("PIL.Image")
-    x = _images(8, 3, size=32)
-    fill = (128, 128, 128)
+    x = _images(8, 3, size=32) // 2 + 100  # no black pixels, so a wrong fill cannot hide
 
     def pil_affine(coeffs):
         def one(im, i):
             p = Image.fromarray(im.permute(1, 2, 0).numpy())
-            p = p.rotate(coeffs, fillcolor=fill) if isinstance(coeffs, int) else p.transform(
-                p.size, Image.AFFINE, coeffs, fillcolor=fill
-            )
+            p = p.rotate(coeffs) if isinstance(coeffs, int) else p.transform(p.size, Image.AFFINE, coeffs)
             return torch.from_numpy(np.array(p)).permute(2, 0, 1)
 
         return _per_sample(x, one)
@@ -164,10 +162,34 @@ def test_cutout_box_size_and_fill_on_zero_image():
     # FixMatch CutoutAbs: full size unless clipped at the bottom/right border
     first_row = rows.int().argmax(1)
     first_col = cols.int().argmax(1)
-    assert torch.equal(heights, torch.clamp(s - first_row, max=size))
-    assert torch.equal(widths, torch.clamp(s - first_col, max=size))
-    assert (heights == size).float().mean() > 0.5 and (heights < size).any()
+    assert torch.equal(heights, torch.clamp(s - first_row, max=size + 1))  # PIL paints size + 1 px
+    assert torch.equal(widths, torch.clamp(s - first_col, max=size + 1))
+    assert (heights == size + 1).float().mean() > 0.5 and (heights < size + 1).any()
     assert first_row.max() <= s - size // 2  # centre < s, so the box starts before s - size/2
+
+
+def test_cutout_equals_pil_rectangle_as_released():
+    """FixMatch CutoutAbs: x0 = int(max(0, cx - v/2)), x1 = int(min(w, x0 + v)), then
+    ImageDraw.rectangle((x0, y0, x1, y1)), which includes x1 and y1: 17 x 17 px for v = 16."""
+    Image = pytest.importorskip("PIL.Image")
+    ImageDraw = pytest.importorskip("PIL.ImageDraw")
+    n, s, v = 64, 32, 16
+    x = _images(n, 3, size=s)
+    g = _gen(4)
+    out = A.cutout(x, v, g, fill=127)
+    u = torch.rand((2, n), generator=_gen(4), dtype=torch.float64)  # the same draws: centre x, centre y
+    for i in range(n):
+        cx, cy = float(u[0, i]) * s, float(u[1, i]) * s
+        x0, y0 = int(max(0, cx - v / 2.0)), int(max(0, cy - v / 2.0))
+        x1, y1 = int(min(s, x0 + v)), int(min(s, y0 + v))
+        im = Image.fromarray(x[i].permute(1, 2, 0).numpy())
+        ImageDraw.Draw(im).rectangle((x0, y0, x1, y1), (127, 127, 127))
+        assert torch.equal(out[i], torch.from_numpy(np.array(im)).permute(2, 0, 1)), i
+    inside = torch.zeros(1, 3, s, s, dtype=torch.uint8)
+    painted = (A.cutout(inside, v, _gen(0), fill=127)[0, 0] == 127)
+    assert painted.sum() <= 17 * 17
+    full = [(A.cutout(inside, v, _gen(k), fill=127)[0, 0] == 127).sum().item() for k in range(40)]
+    assert 17 * 17 in full  # an unclipped box is 17 x 17
 
 
 def test_cutout_per_sample_sizes_and_tensor_fill():
@@ -175,8 +197,8 @@ def test_cutout_per_sample_sizes_and_tensor_fill():
     sizes = torch.tensor([0, 1, 2, 4, 6, 12])
     out = A.cutout(x, sizes, _gen(3), fill=5)
     counts = (out == 5).sum((1, 2, 3))
-    assert counts[0] == 0 and counts[-1] > 0
-    assert torch.all(counts <= sizes**2)
+    assert counts[0] == 0 and counts[-1] > 0  # size 0 paints nothing
+    assert torch.all(counts <= (sizes + 1) ** 2) and counts[1] >= 1
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect"])
@@ -302,22 +324,26 @@ def test_randaugment_parameter_statistics_match_fixmatch():
     for k in range(n_ops):
         ops = torch.bincount(p["ops"][:, k], minlength=14)
         mags = torch.bincount(p["magnitudes"][:, k], minlength=11)
-        assert len(ops) == 14 and mags[0] == 0 and len(mags) == 11  # magnitudes 1..10 inclusive
+        # released np.random.randint(1, 10): magnitudes 1..9, never 0 or 10
+        assert len(ops) == 14 and len(mags) == 11 and mags[0] == 0 and mags[10] == 0
+        assert (mags[1:10] > 0).all()
         assert stats.chisquare(ops.numpy()).pvalue > alpha
-        assert stats.chisquare(mags[1:].numpy()).pvalue > alpha
+        assert stats.chisquare(mags[1:10].numpy()).pvalue > alpha
         assert stats.binomtest(int(p["applied"][:, k].sum()), n, 0.5).pvalue > alpha
         assert stats.binomtest(int((p["signs"][:, k] > 0).sum()), n, 0.5).pvalue > alpha
     # ops drawn with replacement, independently across slots: P(same op in both slots) = 1/14
     same = int((p["ops"][:, 0] == p["ops"][:, 1]).sum())
     assert stats.binomtest(same, n, 1 / 14).pvalue > alpha
-    # cutout of int(0.5 * 4) = 2 px, clipped only at the bottom/right border
+    # cutout of int(0.5 * 4) = 2 -> 3 px (PIL's inclusive rectangle), clipped only at the bottom/right border
     box = p["cutout_box"]
-    assert torch.all((box[:, 2] - box[:, 0] <= 2) & (box[:, 3] - box[:, 1] <= 2) & (box[:, :2] >= 0).all(1))
+    assert torch.all((box[:, 2] - box[:, 0] <= 3) & (box[:, 3] - box[:, 1] <= 3) & (box[:, :2] >= 0).all(1))
+    assert ((box[:, 2] - box[:, 0]) == 3).any()
 
 
 def _fixmatch_reference(im: torch.Tensor, name: str, v: int, sign: int) -> torch.Tensor:
-    """One FixMatch op (kekmodel/FixMatch-pytorch randaugment.py maps) via torchvision on one image."""
-    fill = 128
+    """One FixMatch op (kekmodel/FixMatch-pytorch randaugment.py maps) via torchvision on one image;
+    geometric ops fill with 0, PIL's default in the released calls."""
+    fill = 0
     width = im.shape[-1]
     fp = lambda max_v: float(v) * max_v / 10  # noqa: E731  (_float_parameter)
     ip = lambda max_v: int(v * max_v / 10)  # noqa: E731  (_int_parameter)

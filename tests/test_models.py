@@ -64,3 +64,18 @@ def test_resnet50_builds():
     assert m.out_dim == 2048
     with pytest.raises(LPSError):
         build_backbone("vgg", 3)
+
+
+def test_cosine_head_init_is_the_released_normed_linear():
+    """Released NormedLinear: weight [in, out] ~ U(-1, 1), each class column renormed to norm 1."""
+    torch.manual_seed(3)
+    head = CosineClassifier(512, 10)
+    torch.manual_seed(3)
+    released = torch.empty(512, 10).uniform_(-1, 1)
+    released = released / released.norm(dim=0, keepdim=True)  # renorm_(2, 1, 1e-5).mul_(1e5) == unit columns
+    norms = head.weight.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(10), rtol=0, atol=1e-6)
+    torch.testing.assert_close(head.weight, released.t(), rtol=1e-6, atol=1e-6)
+    assert head.weight.abs().max() <= 1  # a uniform(-1, 1) draw shrunk, never grown
+    model = OpenWorldModel(CifarResNet18(1, 4), 7)
+    torch.testing.assert_close(model.head.weight.norm(dim=1), torch.ones(7), rtol=0, atol=1e-6)

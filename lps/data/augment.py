@@ -11,8 +11,10 @@ bit-exact on CPU for the pointwise ops and the nearest-neighbour geometric ops (
 ``tests/test_augment.py``); ``resized_crop`` is bilinear without antialiasing and matches
 ``F.resized_crop(..., antialias=False)`` within one intensity level.
 
-RandAugment follows FixMatch (Sohn et al., 2020, Table 12; the PyTorch port
-kekmodel/FixMatch-pytorch ``dataset/randaugment.py``, ``RandAugmentMC`` + ``CutoutAbs``).
+RandAugment follows FixMatch (Sohn et al., 2020, Table 12) as the released LPS/ORCA code runs it
+(the PyTorch port kekmodel/FixMatch-pytorch ``dataset/randaugment.py``, ``RandAugmentMC`` +
+``CutoutAbs``): magnitudes 1..9, geometric fill 0, Cutout of ``v + 1`` px (PIL's inclusive
+rectangle); ``tests/test_augment.py`` pins each against PIL.
 Parameter values are not range-checked when given as tensors (that would force a device sync).
 """
 
@@ -323,10 +325,11 @@ def _zeros(x: Tensor) -> Tensor:
     return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
 
 
-def rotate(x: Tensor, angle: Param, fill: Fill = 128) -> Tensor:
+def rotate(x: Tensor, angle: Param, fill: Fill = 0) -> Tensor:
     """Rotate counter-clockwise by ``angle[i]`` degrees about the centre (F.rotate, nearest, no expand).
 
-    Same direction as PIL ``img.rotate(angle)`` used by FixMatch.
+    Same direction as PIL ``img.rotate(angle)`` used by FixMatch; ``fill`` 0 is PIL's default
+    (the released call passes none).
     """
     _check_batch(x)
     z = _zeros(x)
@@ -344,7 +347,7 @@ def _shear_theta(x: Tensor, s: Tensor, axis: int) -> Tensor:
     return _inverse_affine_theta(z, z, z, z, deg, cx, cy)
 
 
-def shear_x(x: Tensor, s: Param, fill: Fill = 128) -> Tensor:
+def shear_x(x: Tensor, s: Param, fill: Fill = 0) -> Tensor:
     """Horizontal shear as FixMatch's ``img.transform(size, AFFINE, (1, s, 0, 0, 1, 0))``.
 
     The output pixel at (u, v) (origin = top-left corner) samples the input at (u + s*v, v).
@@ -355,7 +358,7 @@ def shear_x(x: Tensor, s: Param, fill: Fill = 128) -> Tensor:
     return _affine_nearest(x, _shear_theta(x, _param(s, x), 0), fill)
 
 
-def shear_y(x: Tensor, s: Param, fill: Fill = 128) -> Tensor:
+def shear_y(x: Tensor, s: Param, fill: Fill = 0) -> Tensor:
     """Vertical shear as FixMatch's ``img.transform(size, AFFINE, (1, 0, 0, s, 1, 0))``.
 
     The output pixel at (u, v) samples the input at (u, v + s*u). Equals ``F.affine(img, 0,
@@ -365,7 +368,7 @@ def shear_y(x: Tensor, s: Param, fill: Fill = 128) -> Tensor:
     return _affine_nearest(x, _shear_theta(x, _param(s, x), 1), fill)
 
 
-def translate_x(x: Tensor, pixels: Param, fill: Fill = 128) -> Tensor:
+def translate_x(x: Tensor, pixels: Param, fill: Fill = 0) -> Tensor:
     """Shift content right by ``pixels[i]`` (F.affine ``translate=[pixels, 0]``).
 
     FixMatch's PIL offset v (``(1, 0, v, 0, 1, 0)``) corresponds to ``pixels = -v``.
@@ -375,7 +378,7 @@ def translate_x(x: Tensor, pixels: Param, fill: Fill = 128) -> Tensor:
     return _affine_nearest(x, _inverse_affine_theta(z, _param(pixels, x), z, z, z, z, z), fill)
 
 
-def translate_y(x: Tensor, pixels: Param, fill: Fill = 128) -> Tensor:
+def translate_y(x: Tensor, pixels: Param, fill: Fill = 0) -> Tensor:
     """Shift content down by ``pixels[i]`` (F.affine ``translate=[0, pixels]``)."""
     _check_batch(x)
     z = _zeros(x)
@@ -386,15 +389,18 @@ def translate_y(x: Tensor, pixels: Param, fill: Fill = 128) -> Tensor:
 
 
 def _cutout_box(x: Tensor, size: Param, generator: torch.Generator) -> Tensor:
-    """FixMatch ``CutoutAbs`` box [N, 4] = (x0, y0, x1, y1), half-open, in pixels."""
+    """FixMatch ``CutoutAbs`` box [N, 4] = (x0, y0, x1, y1), half-open, in pixels (side + 1 px,
+    as PIL paints it)."""
     n, _, h, w = x.shape
     side = _param(size, x)
     u = _rand((2, n), generator, x, torch.float64)
     cx, cy = u[0] * w, u[1] * h  # np.random.uniform(0, w), np.random.uniform(0, h)
     x0 = (cx - side / 2.0).clamp_(min=0).floor_()
     y0 = (cy - side / 2.0).clamp_(min=0).floor_()
-    x1 = torch.minimum(x0 + side, torch.full_like(x0, w))
-    y1 = torch.minimum(y0 + side, torch.full_like(y0, h))
+    # PIL's rectangle((x0, y0, x0 + v, y0 + v)) includes its end pixel: v + 1 px (size 0: nothing)
+    extra = (side > 0).to(side.dtype)
+    x1 = torch.minimum(x0 + side + extra, torch.full_like(x0, w))
+    y1 = torch.minimum(y0 + side + extra, torch.full_like(y0, h))
     return torch.stack([x0, y0, x1, y1], dim=1).to(torch.long)
 
 
@@ -409,12 +415,14 @@ def _paint_box(x: Tensor, box: Tensor, fill: Fill) -> Tensor:
 
 
 def cutout(x: Tensor, size: Param, generator: torch.Generator, fill: Fill = 127) -> Tensor:
-    """Paint a ``size`` x ``size`` square with ``fill`` at a random place (FixMatch ``CutoutAbs``).
+    """Paint a square with ``fill`` at a random place, exactly as FixMatch's ``CutoutAbs(img, size)``.
 
-    As in FixMatch: centre (x0, y0) ~ U[0, w) x U[0, h); left/top edge ``max(0, x0 - size/2)``
-    (truncated to int), right/bottom edge ``min(w, left + size)``. So the box keeps its full side
-    at the top/left border and is clipped only at the bottom/right one. (PIL's ``rectangle`` in
-    FixMatch includes its end pixel, painting ``size + 1`` px; here the side is exactly ``size``.)
+    Centre (x0, y0) ~ U[0, w) x U[0, h); left/top edge ``max(0, x0 - size/2)`` (truncated to int),
+    right/bottom edge ``min(w, left + size)``, drawn with PIL's ``ImageDraw.rectangle``, which
+    includes its end pixel: an unclipped box is ``(size + 1) x (size + 1)`` (17 x 17 for the
+    16-px Cutout at 32 x 32, 113 x 113 for 112 px at 224). The box keeps its full side at the
+    top/left border and is clipped only at the bottom/right one. ``size`` 0 paints nothing (the
+    released call always has ``size >= 1``).
     """
     _check_batch(x)
     _check_generator(generator, x)
@@ -685,25 +693,29 @@ def randaugment_fixmatch(
     prob: float = 0.5,
     return_params: bool = False,
     cutout_size: int | None = None,
-    fill: Fill = 128,
+    fill: Fill = 0,
     cutout_fill: Fill = 127,
+    m: int = 10,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """FixMatch RandAugment (``RandAugmentMC(n=2, m=10)``) with per-sample draws, then Cutout.
 
-    Per sample and slot: op ~ U(14 ops) with replacement, magnitude v ~ U{1..10}, applied with
-    probability ``prob``; Rotate/Shear/Translate flip sign with probability 0.5. Parameter maps
-    (PARAMETER_MAX = 10): enhance factor ``v*max_v/10 + bias``; Posterize bits ``int(v*4/10) + 4``;
-    Rotate ``int(v*30/10)`` deg; Shear ``v*0.3/10``; Solarize threshold ``256 - int(v*256/10)``;
-    Translate ``int(v*0.3/10 * W)`` px. Then always ``cutout`` of side ``cutout_size``
-    (default ``int(0.5 * H)``, 16 px at 32x32) filled with ``cutout_fill``. Geometric ops fill
-    with ``fill``. ``return_params`` adds {"ops", "magnitudes", "applied", "signs" ([N, n_ops]),
-    "cutout_box" ([N, 4] x0, y0, x1, y1)}.
+    Per sample and slot: op ~ U(14 ops) with replacement, magnitude v ~ U{1..m-1} (the released
+    ``np.random.randint(1, m)`` excludes m: 1..9, never 10), applied with probability ``prob``;
+    Rotate/Shear/Translate flip sign with probability 0.5. Parameter maps (PARAMETER_MAX = 10):
+    enhance factor ``v*max_v/10 + bias``; Posterize bits ``int(v*4/10) + 4``; Rotate
+    ``int(v*30/10)`` deg; Shear ``v*0.3/10``; Solarize threshold ``256 - int(v*256/10)``; Translate
+    ``int(v*0.3/10 * W)`` px. Geometric ops fill with ``fill`` (PIL's default 0, black: the released
+    calls pass no fill). Then always :func:`cutout` of ``cutout_size`` (default ``int(0.5 * H)``,
+    16 -> a 17 x 17 box at 32x32) filled with ``cutout_fill``. ``return_params`` adds {"ops",
+    "magnitudes", "applied", "signs" ([N, n_ops]), "cutout_box" ([N, 4] x0, y0, x1, y1, half-open)}.
     """
     _check_batch(x)
     _check_generator(generator, x)
+    if m < 2:
+        raise ValueError(f"RandAugment m must be >= 2 (magnitudes are drawn from 1..m-1), got {m}")
     n = x.shape[0]
     ops = torch.randint(0, len(FIXMATCH_OPS), (n, n_ops), generator=generator, device=x.device)
-    mags = torch.randint(1, PARAMETER_MAX + 1, (n, n_ops), generator=generator, device=x.device)
+    mags = torch.randint(1, m, (n, n_ops), generator=generator, device=x.device)
     applied = _rand((n, n_ops), generator, x) < prob
     signs = torch.where(_rand((n, n_ops), generator, x) < 0.5, -1, 1)
     out = x.clone()
