@@ -11,8 +11,8 @@ Input pipeline (per image, in DataLoader worker processes):
 - CIFAR weak = RandomCrop(32, padding 4) + RandomHorizontalFlip; strong = RandomHorizontalFlip +
   RandomCrop(32, padding 4, reflect) + ``RandAugmentMC(2, 10)`` (FixMatch RandAugment with a
   16-px Cutout); then ToTensor + Normalize (REFERENCE.md "Augmentations");
-- ImageNet weak = RandomResizedCrop(224, scale 0.5-1) + flip; strong adds ``RandAugmentMC`` with a
-  112-px Cutout; test = Resize(256) + CenterCrop(224);
+- ImageNet weak = RandomResizedCrop(224, scale 0.5-1) + flip; strong adds RandomCrop(224,
+  padding 28, reflect) and ``RandAugmentMC`` with a 112-px Cutout; test = Resize(256) + CenterCrop(224);
 - batches served by a ``DataLoader`` with worker processes. The released code uses two loaders
   (labeled and unlabeled, ``shuffle=True, drop_last=True``); here one loader with a batch sampler
   yields the same rows (labeled first, then unlabeled), which is the same per-image work.
@@ -217,7 +217,8 @@ def imagenet_transforms(mean: Sequence[float], std: Sequence[float], size: int =
     finish = [T.ToTensor(), T.Normalize(mean, std)]
     crop = [T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
     weak = T.Compose([*crop, *finish])
-    strong = T.Compose([*crop, RandAugmentMC(n=2, m=10, cutout=int(0.5 * size)), *finish])
+    strong = T.Compose([*crop, T.RandomCrop(size, padding=int(size * 0.125), padding_mode="reflect"),
+                        RandAugmentMC(n=2, m=10, cutout=int(0.5 * size)), *finish])
     test = T.Compose([T.Resize(resize), T.CenterCrop(size), *finish])
     return {"train": ThreeViews(weak, strong), "test": test}
 

@@ -472,12 +472,12 @@ def run_datapath(args, device: torch.device, jpeg_files: list[str], tmp: Path) -
     R, B, rows = args.imagenet_resize, args.datapath_batch, []
     nfiles = len(jpeg_files)
 
-    # PIL decode + resize + centre crop per image: what lps.data.datasets.ImageFiles' workers do
+    # PIL decode + shrink into the canvas per image: what lps.data.datasets.ImageFiles' workers do
     ds = _FileDataset(jpeg_files, R)
     counter = iter(range(1 << 62))
     rate = measure(lambda: [ds[next(counter) % nfiles] for _ in range(B)], B, 1, args.steps, args.repeats,
                    torch.device("cpu"))
-    rows.append({"path": "PIL decode + resize + centre crop (ImageFiles worker), 1 process", "rate": rate,
+    rows.append({"path": "PIL decode + shrink to the canvas (ImageFiles worker), 1 process", "rate": rate,
                  "note": "per CPU process; scales with workers up to the free cores"})
 
     files = [jpeg_files[i % nfiles] for i in range(B * (args.warmup + args.workers + 1 + args.steps * args.repeats))]

@@ -129,8 +129,8 @@ def pretrain(cfg: Config) -> Path:
             perm = pool[torch.randperm(len(pool), generator=g_idx)]
             index_batches = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
             total = 0.0
-            for x in images.batches(index_batches, device):
-                v1, v2 = augmenter.simclr(x, g_aug), augmenter.simclr(x, g_aug)
+            for x, sizes in images.batches(index_batches, device):
+                v1, v2 = augmenter.simclr(x, g_aug, sizes), augmenter.simclr(x, g_aug, sizes)
                 if device.type == "cuda" and cfg.train.channels_last:
                     v1 = v1.contiguous(memory_format=torch.channels_last)
                     v2 = v2.contiguous(memory_format=torch.channels_last)

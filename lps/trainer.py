@@ -111,10 +111,14 @@ def run_id(cfg: Config) -> str:
 # batching
 
 
-def batch_sizes(n_lab: int, n_unlab: int, batch_size: int) -> tuple[int, int, int]:
-    """Labeled part ``int(B * n_lab / (n_lab + n_unlab))`` (at least 1), the rest unlabeled; an
-    epoch is one pass over the labeled set with drop_last (REFERENCE.md)."""
-    b_lab = max(1, int(batch_size * n_lab / (n_lab + n_unlab)))
+def batch_sizes(n_lab: int, n_unlab: int, batch_size: int, large: bool = False) -> tuple[int, int, int]:
+    """Labeled part of a batch (at least 1), the rest unlabeled; an epoch is one pass over the
+    labeled set with drop_last (REFERENCE.md). As released: CIFAR (``large`` False)
+    ``int(B * n_lab / n)``; ImageNet (``large``, the released ImageNet script)
+    ``B - int(B * n_unlab / n)``, one more whenever ``B * n_lab / n`` is not an integer."""
+    n = n_lab + n_unlab
+    b_lab = batch_size - int(batch_size * n_unlab / n) if large else int(batch_size * n_lab / n)
+    b_lab = max(1, b_lab)
     b_lab = min(b_lab, n_lab)
     b_unl = max(1, batch_size - b_lab)
     return b_lab, b_unl, max(1, n_lab // b_lab)
@@ -144,9 +148,9 @@ def embed(model: torch.nn.Module, source, idx: np.ndarray, transform: Callable, 
     model.eval()
     logits, feats = [], []
     chunks = [torch.as_tensor(idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
-    for x in source.batches(chunks, device):
+    for x, sizes in source.batches(chunks, device):
         with autocast(device, precision):
-            z, f = model(transform(x))
+            z, f = model(transform(x, sizes))
         logits.append(z.float().cpu())
         feats.append(f.float().cpu())
     model.train(was_training)
@@ -365,7 +369,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     init_report = load_init(model, resolve_init(cfg), cfg.model.init_strict)
     apply_freeze(model, cfg.model.freeze)
     n_lab, n_unl = len(split.labeled_idx), len(split.unlabeled_idx)
-    b_lab, b_unl, steps = batch_sizes(n_lab, n_unl, cfg.optim.batch_size)
+    b_lab, b_unl, steps = batch_sizes(n_lab, n_unl, cfg.optim.batch_size, large=data.kind == "large")
     if cfg.train.max_steps_per_epoch > 0:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     ctx = MethodContext(num_classes=data.num_classes, n_seen=split.n_seen, n_labeled=n_lab, n_unlabeled=n_unl,
@@ -449,9 +453,9 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 model.train()
                 sums: dict[str, float] = {}
                 n_images = 0
-                for idx, x in zip(index_batches, train_images.batches(index_batches, device)):
+                for idx, (x, sizes) in zip(index_batches, train_images.batches(index_batches, device)):
                     y_lb = torch.as_tensor(data.train_y[idx[:b_lab].numpy()], device=device)
-                    views = [view_fns[v](x, g_aug) for v in method_cls.views]
+                    views = [view_fns[v](x, g_aug, sizes) for v in method_cls.views]
                     if device.type == "cuda" and cfg.train.channels_last:
                         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                     batch = Batch(views=views, y_lb=y_lb, n_lb=b_lab, idx=idx.to(device), generator=g_aug)

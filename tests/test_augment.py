@@ -449,5 +449,79 @@ def test_augmenter_errors():
         aug.weak(_images(2, 3, size=28), _gen())
     with pytest.raises(ValueError, match="channels"):
         aug.test(_images(2, 1, size=32))
-    with pytest.raises(ValueError, match="at least"):
-        A.Augmenter("large", 224, CIFAR_MEAN, CIFAR_STD).test(_images(1, 3, size=200))
+    with pytest.raises(ValueError, match="canvas"):
+        A.Augmenter("large", 224, CIFAR_MEAN, CIFAR_STD).test(_images(1, 3, size=200), torch.tensor([[201, 100]]))
+
+
+# ----------------------------------------------------------------------------- ImageNet views (released utils.py)
+
+
+def _coordinate_image(h: int, w: int, canvas: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3-channel image whose pixel (r, c) holds (r, c, 200) in a top-left corner of a canvas of
+    255s: each output pixel of a nearest-ish resampling says where in the image it came from."""
+    x = torch.full((1, 3, canvas, canvas), 255, dtype=torch.uint8)
+    x[0, 0, :h, :w] = torch.arange(h, dtype=torch.uint8)[:, None]
+    x[0, 1, :h, :w] = torch.arange(w, dtype=torch.uint8)[None, :]
+    x[0, 2, :h, :w] = 200
+    return x, torch.tensor([[h, w]])
+
+
+def test_imagenet_weak_crop_is_drawn_on_the_full_image():
+    """RandomResizedCrop(224, scale=(0.5, 1)) of the full (here 120 x 240, 2:1) image: crops reach
+    both short ends, which a crop of a central square never does; never the canvas padding."""
+    h, w, n = 120, 240, 300
+    x, sizes = _coordinate_image(h, w, 250)
+    x, sizes = x.expand(n, -1, -1, -1).contiguous(), sizes.expand(n, -1)
+    out = A.random_resized_crop(x, 64, scale=(0.5, 1.0), generator=_gen(0), sizes=sizes)
+    assert (out[:, 2] >= 199).all()  # every pixel comes from the image, none from the canvas
+    cols = out[:, 1].float()
+    left, right = cols.amin((1, 2)), cols.amax((1, 2))
+    assert (left <= 1).any() and (right >= w - 2).any()
+    assert (left < (w - h) / 2).float().mean() > 0.3  # outside the central h x h square
+    # torchvision's box law: area fraction in [0.5, 1], aspect in [3/4, 4/3] (box width from the columns)
+    width = right - left + 1
+    assert (width <= w).all() and (width >= (0.5 * h * w * 0.75) ** 0.5 - 2).all()
+
+
+def test_imagenet_test_view_is_resize_256_center_crop_224():
+    """Resize(256) then CenterCrop(224) of a 140 x 280 image: the centred square of side
+    140 * 224 / 256 = 122.5 px, at columns 78.75 .. 201.25 and rows 8.75 .. 131.25."""
+    aug = A.Augmenter("large", 224, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+    x, sizes = _coordinate_image(140, 250, 256)
+    x[0, 1, :140, :250] = (torch.arange(250) * 255 // 249).to(torch.uint8)[None, :]  # column -> 0..255
+    out = aug.test(x, sizes)
+    assert out.shape == (1, 3, 224, 224)
+    side = 140 * 224 / 256
+    c0, c1 = (250 - side) / 2, (250 + side) / 2
+    cols = out[0, 1] * 249 / 255
+    assert abs(float(cols.min()) - c0) < 1.5 and abs(float(cols.max()) - (c1 - 1)) < 1.5
+    rows = out[0, 0]
+    assert abs(float(rows.min()) - (140 - side) / 2) < 1.5 and abs(float(rows.max()) - ((140 + side) / 2 - 1)) < 1.5
+    # the plain 256 x 256 case is the 224 centre crop, exactly
+    sq = _images(2, 3, size=256)
+    assert torch.equal(aug.test(sq), aug.normalize(sq[..., 16:240, 16:240]))
+
+
+def test_imagenet_strong_view_adds_reflect_crop_padding_28(monkeypatch):
+    """The strong view = weak (RandomResizedCrop + flip) + RandomCrop(224, padding=28, reflect) +
+    RandAugment: with the crop, flip and RandAugment pinned to the identity, it is a reflect-padded
+    crop of the image at an offset in 0..56 on each axis."""
+    identity = lambda x, *a, **k: x  # noqa: E731
+    for name in ("random_resized_crop", "random_hflip", "randaugment_fixmatch"):
+        monkeypatch.setattr(A, name, identity)
+    aug = A.Augmenter("large", 224, (0.0,) * 3, (1 / 255,) * 3)
+    assert aug.strong_padding == 28 and aug.test_resize == 256
+    n = 400
+    x, _ = _coordinate_image(224, 224, 224)
+    x = x.expand(n, -1, -1, -1).contiguous()
+    out = aug.strong(x, _gen(5)).round().to(torch.uint8)
+    offsets = []
+    for i in range(n):
+        t = int(out[i, 0, 112, 0]) - 84  # source row of output row 112 = t + 112 - 28
+        padded = F.pad(x[i], [28], padding_mode="reflect")
+        assert 0 <= t <= 56
+        hits = [l for l in range(57) if torch.equal(padded[:, t:t + 224, l:l + 224], out[i])]
+        assert hits, i
+        offsets.append((t, hits[0]))
+    ts = {t for t, _ in offsets}
+    assert min(ts) == 0 and max(ts) == 56 and len(set(offsets)) > 300

@@ -256,6 +256,42 @@ def test_cluster_methods_map_clusters_before_evaluation():
     assert method.predict(logits, torch.zeros(4, 2)).tolist() == [2, 3, 1, 0]
 
 
+def test_simclr_kmeans_seen_accuracy_on_mapped_ids():
+    """Four well-separated feature clusters (classes 0, 1 seen; 2, 3 novel). The class labels are
+    chosen so that k-means' own ids never equal the seen classes: raw ids score 0 % seen, ids
+    mapped to the seen classes through the labeled images score 100 %; novel and all accuracy
+    (Hungarian matched) are the same either way."""
+    from lps.evaluation import openssl_metrics
+    from lps.methods.simclr_kmeans import kmeans_predict, map_clusters_to_seen
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(8)[:4] * 10
+    blob = torch.arange(4).repeat_interleave(20)
+    feats = centres[blob] + 0.1 * torch.randn(80, 8, generator=g)
+    raw = kmeans_predict(feats, 4, 10, 0)
+    cluster_of_blob = [int(np.bincount(raw[blob.numpy() == b]).argmax()) for b in range(4)]
+    assert sorted(cluster_of_blob) == [0, 1, 2, 3]  # separable: one cluster per blob
+    # seen classes 0, 1 go to the blobs k-means calls 2 and 3; novel classes 2, 3 to those it calls 0, 1
+    cls_of_cluster = {2: 0, 3: 1, 0: 2, 1: 3}
+    y = np.array([cls_of_cluster[cluster_of_blob[int(b)]] for b in blob])
+    seen = y < 2
+    assert (raw[seen] == y[seen]).mean() == 0  # raw ids: 0 % seen accuracy
+    lab = np.concatenate([np.nonzero(y == 0)[0][:5], np.nonzero(y == 1)[0][:5]])
+    mapped = map_clusters_to_seen(raw, raw[lab], y[lab], 4)
+    m_raw, m_map = openssl_metrics(y, raw, 2), openssl_metrics(y, mapped, 2)
+    assert m_raw["acc_seen"] == 0 and m_map["acc_seen"] == 1
+    assert m_map["acc_novel"] == m_raw["acc_novel"] == 1 and m_map["acc_all"] == m_raw["acc_all"] == 1
+    # the method end to end: k-means on the evaluated images, labeled images assigned to its centres
+    _, _, method = make("simclr_kmeans")
+    method.ctx.seed = 0
+    method.before_evaluation(lambda: (torch.zeros(len(lab), K), feats[lab], torch.as_tensor(y[lab])))
+    pred = method.predict(torch.zeros(80, K), feats)
+    assert openssl_metrics(y, pred, 2)["acc_seen"] == 1
+    _, _, raw_method = make("simclr_kmeans", map_clusters=False)
+    raw_method.before_evaluation(lambda: (torch.zeros(len(lab), K), feats[lab], torch.as_tensor(y[lab])))
+    assert openssl_metrics(y, raw_method.predict(torch.zeros(80, K), feats), 2)["acc_seen"] == 0
+
+
 # --------------------------------------------------------------------------------------------
 # DTC
 

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from lps.config import build_config
@@ -78,10 +80,35 @@ def test_imagenet100_loader(data_root):
     d = load_imagenet100(str(data_root / "imagenet" / "train"), num_workers=0)
     assert d.num_classes == 100 and len(d.train) == 200 and len(d.test) == 100 and d.image_size == 224
     assert d.class_names == sorted(d.class_names) and d.kind == "large"
-    import torch
 
-    x = next(d.train.batches([torch.tensor([0, 1, 199])], torch.device("cpu")))
-    assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 3, 256, 256)
+    x, sizes = next(d.train.batches([torch.tensor([0, 1, 199])], torch.device("cpu")))
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 3, 320, 320)
+    # each whole image at its own size (24..47 px here, not enlarged) at the canvas' top-left corner
+    from PIL import Image
+
+    for i, k in enumerate([0, 1, 199]):
+        with Image.open(d.train.files[k]) as im:
+            w, h = im.size
+            ref = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        assert sizes[i].tolist() == [h, w]
+        assert torch.equal(x[i, :, :h, :w], ref) and not x[i, :, h:].any() and not x[i, :, :, w:].any()
+
+
+def test_imagenet_files_shrink_into_the_canvas(tmp_path):
+    """A 640 x 480 JPEG is stored whole at 320 x 240 (aspect kept, longer side = canvas)."""
+    from PIL import Image
+
+    from lps.data.datasets import ImageFiles, fit_in_canvas
+
+    assert fit_in_canvas(640, 480, 320) == (320, 240) and fit_in_canvas(100, 500, 320) == (64, 320)
+    assert fit_in_canvas(30, 40, 320) == (30, 40)
+    arr = np.zeros((480, 640, 3), dtype=np.uint8)
+    arr[:, :320] = 250  # left half bright
+    Image.fromarray(arr).save(tmp_path / "a.JPEG", quality=95)
+    x, sizes = next(ImageFiles([str(tmp_path / "a.JPEG")], 320, 0).batches([torch.tensor([0])], torch.device("cpu")))
+    assert sizes.tolist() == [[240, 320]] and x.shape == (1, 3, 320, 320)
+    assert x[0, :, :240, :150].float().mean() > 240 and x[0, :, :240, 170:320].float().mean() < 10
+    assert not x[0, :, 240:].any()
 
 
 def test_missing_data_says_where_to_put_what(tmp_path, monkeypatch):
@@ -125,7 +152,12 @@ def test_pretrain_and_train_each_family(tmp_path, data_root, dataset, arch):
     assert len(runs) == 1
     cfg = yaml.safe_load((runs[0] / "config.yaml").read_text())
     assert cfg["model"]["arch"] in (arch, "auto") and cfg["data"]["dataset"] == dataset
-    assert json.loads((runs[0] / "run_info.json").read_text())["libraries"]["torchvision"]
+    info = json.loads((runs[0] / "run_info.json").read_text())
+    assert info["libraries"]["torchvision"]
+    n, n_lab, bs = info["n_labeled"] + info["n_unlabeled"], info["n_labeled"], 16
+    # labeled rows per batch as released: ImageNet B - int(B * n_unlab / n), CIFAR int(B * n_lab / n)
+    expect = bs - int(bs * info["n_unlabeled"] / n) if dataset == "imagenet100" else int(bs * n_lab / n)
+    assert info["batch_labeled"] == max(1, expect)
     df = pd.read_parquet(runs[0] / "result.parquet")
     assert df.method[0] == "lps" and df.dataset[0] == dataset and df.epochs[0] == 1
     # the model really is the paper's backbone for this dataset

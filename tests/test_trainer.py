@@ -31,6 +31,11 @@ def steps_per_epoch(cfg) -> int:
 def test_batch_composition():
     assert batch_sizes(1000, 3000, 512) == (128, 384, 7)
     assert batch_sizes(10, 10000, 512) == (1, 511, 10)
+    # released ImageNet script: B - int(B * n_unlab / n); CIFAR: int(B * n_lab / n)
+    # 512 * 1000 / 4001 = 127.97 -> CIFAR 127; 512 * 3001 / 4001 = 384.03 -> ImageNet 512 - 384 = 128
+    assert batch_sizes(1000, 3001, 512) == (127, 385, 7)
+    assert batch_sizes(1000, 3001, 512, large=True) == (128, 384, 7)
+    assert batch_sizes(1000, 3000, 512, large=True) == (128, 384, 7)  # exact share: both agree
     g = torch.Generator().manual_seed(0)
     lab, unl = torch.arange(10), torch.arange(10, 15)
     batches = epoch_index_batches(lab, unl, 4, 3, 2, g)

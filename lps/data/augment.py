@@ -48,6 +48,7 @@ __all__ = [
     "random_grayscale",
     "random_hflip",
     "random_resized_crop",
+    "resize_center_crop",
     "resized_crop",
     "rotate",
     "shear_x",
@@ -501,47 +502,73 @@ def resized_crop(x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Te
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _valid_sizes(x: Tensor, sizes: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-sample image height and width [N] (float64): ``sizes`` [N, 2] (h, w) of images stored
+    top-left in a larger canvas, or the full canvas when None."""
+    n, _, h, w = x.shape
+    if sizes is None:
+        return (torch.full((n,), float(h), dtype=torch.float64, device=x.device),
+                torch.full((n,), float(w), dtype=torch.float64, device=x.device))
+    sizes = torch.as_tensor(sizes, device=x.device).to(torch.float64)
+    if sizes.shape != (n, 2):
+        raise ValueError(f"sizes must be [N, 2] (height, width) per image, got shape {tuple(sizes.shape)}")
+    if bool(((sizes < 1) | (sizes[:, :1] > h) | (sizes[:, 1:] > w)).any()):
+        raise ValueError(f"sizes must lie in [1, {h}] x [1, {w}] (the canvas)")
+    return sizes[:, 0], sizes[:, 1]
+
+
 def random_resized_crop(
     x: Tensor,
     out_size: int,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     generator: torch.Generator | None = None,
+    sizes: Tensor | None = None,
 ) -> Tensor:
     """RandomResizedCrop with per-sample boxes drawn as ``torchvision.transforms.RandomResizedCrop``.
 
     Up to 10 tries of area fraction ~ U(scale) and log aspect ~ U(log ratio); the first box that
     fits is used, else the central crop fallback. Resampling: ``resized_crop`` (bilinear).
+    ``sizes`` [N, 2]: each image's own (height, width) inside the canvas (images stored top-left,
+    as :class:`lps.data.datasets.ImageFiles` serves them); the box is drawn on that image, so a
+    crop of the full, non-square image is what torchvision draws on it.
     """
     _check_batch(x)
     if generator is None:
         raise TypeError("random_resized_crop needs a generator (torch.Generator on x's device)")
     _check_generator(generator, x)
-    n, _, h, w = x.shape
+    n = x.shape[0]
+    h, w = _valid_sizes(x, sizes)
     tries = 10
-    u = _rand((2, n, tries), generator, x)
-    target_area = h * w * (scale[0] + (scale[1] - scale[0]) * u[0])
+    u = _rand((2, n, tries), generator, x).to(torch.float64)
+    target_area = (h * w)[:, None] * (scale[0] + (scale[1] - scale[0]) * u[0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
     cw = torch.sqrt(target_area * aspect).round()
     ch = torch.sqrt(target_area / aspect).round()
-    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    ok = (cw > 0) & (cw <= w[:, None]) & (ch > 0) & (ch <= h[:, None])
     first = ok.to(torch.int8).argmax(dim=1, keepdim=True)  # index of the first box that fits
     found = ok.any(dim=1)
     cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
     in_ratio = w / h  # central-crop fallback, as torchvision
-    if in_ratio < min(ratio):
-        fw, fh = w, int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(h * max(ratio))), h
-    else:
-        fw, fh = w, h
-    cw = torch.where(found, cw, torch.full_like(cw, fw))
-    ch = torch.where(found, ch, torch.full_like(ch, fh))
-    v = _rand((2, n), generator, x)
-    top = torch.where(found, (v[0] * (h - ch + 1)).floor_().clamp_(max=h - ch), torch.full_like(ch, (h - fh) // 2))
-    left = torch.where(found, (v[1] * (w - cw + 1)).floor_().clamp_(max=w - cw), torch.full_like(cw, (w - fw) // 2))
+    fw = torch.where(in_ratio > max(ratio), (h * max(ratio)).round(), w)
+    fh = torch.where(in_ratio < min(ratio), (w / min(ratio)).round(), h)
+    cw = torch.where(found, cw, fw)
+    ch = torch.where(found, ch, fh)
+    v = _rand((2, n), generator, x).to(torch.float64)
+    top = torch.where(found, (v[0] * (h - ch + 1)).floor_().clamp_(max=h - ch), ((h - fh) / 2).floor())
+    left = torch.where(found, (v[1] * (w - cw + 1)).floor_().clamp_(max=w - cw), ((w - fw) / 2).floor())
     return resized_crop(x, top, left, ch, cw, out_size)
+
+
+def resize_center_crop(x: Tensor, resize: int, size: int, sizes: Tensor | None = None) -> Tensor:
+    """``Resize(resize)`` (short side) then ``CenterCrop(size)`` of each image, as one crop of the
+    stored image: the centred square of side ``short * size / resize``, resized to ``size``
+    (bilinear). ``sizes`` as in :func:`random_resized_crop`."""
+    _check_batch(x)
+    h, w = _valid_sizes(x, sizes)
+    side = torch.minimum(h, w) * (size / resize)
+    return resized_crop(x, (h - side) / 2, (w - side) / 2, side, side, size)
 
 
 def center_crop(x: Tensor, size: int) -> Tensor:
@@ -738,12 +765,17 @@ class Augmenter:
     kind "small" (CIFAR, Fashion-MNIST): inputs are already S x S.
         weak   = RandomCrop(S, padding 4) + horizontal flip
         strong = flip + RandomCrop(S, padding 4, reflect) + FixMatch RandAugment + Cutout(int(f*S))
-    kind "large" (ImageNet): inputs are a fixed larger resolution (e.g. 256), outputs S (e.g. 224).
+        simclr = RandomResizedCrop(S, scale (0.2, 1)) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1)
+                 w.p. 0.8 + RandomGrayscale(0.2) (SimCLR CIFAR recipe)
+    kind "large" (ImageNet, the released ``utils.py``): each image is stored top-left in a canvas
+    with its own (height, width) in ``sizes`` (:class:`lps.data.datasets.ImageFiles`); every crop
+    is drawn on the full image, whatever its aspect.
         weak   = RandomResizedCrop(S, scale (0.5, 1)) + flip
-        strong = weak + FixMatch RandAugment + Cutout(int(f*S)) (112 px at 224)
-        test   = CenterCrop(S)
-    simclr = RandomResizedCrop(S, scale (0.2, 1)) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) w.p. 0.8
-             + RandomGrayscale(0.2) (SimCLR CIFAR recipe). f = ``cutout_frac``.
+        strong = weak + RandomCrop(S, padding S/8 = 28, reflect) + FixMatch RandAugment
+                 + Cutout(int(f*S)) (112 px at 224)
+        test   = Resize(S * 8/7 = 256) + CenterCrop(S)
+        simclr = as for "small", the crop drawn on the full image
+    f = ``cutout_frac``.
     """
 
     def __init__(self, kind: str, image_size: int, mean: tuple, std: tuple, cutout_frac: float = 0.5):
@@ -759,6 +791,8 @@ class Augmenter:
             raise ValueError(f"cutout_frac must be in [0, 1], got {cutout_frac}")
         self.kind, self.image_size, self.cutout_frac = kind, image_size, cutout_frac
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.test_resize = round(image_size * 256 / 224)  # Resize(256) before CenterCrop(224)
+        self.strong_padding = int(image_size * 0.125)  # RandomCrop(224, padding=int(224 * 0.125))
         self._stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def _check(self, x: Tensor) -> None:
@@ -769,8 +803,6 @@ class Augmenter:
             raise ValueError(f"images have {x.shape[1]} channels but mean/std have {len(self.mean)}")
         if self.kind == "small" and (h, w) != (s, s):
             raise ValueError(f"kind 'small' expects {s}x{s} images, got {h}x{w}")
-        if self.kind == "large" and (h < s or w < s):
-            raise ValueError(f"kind 'large' expects images of at least {s}x{s}, got {h}x{w}")
 
     def normalize(self, x: Tensor) -> Tensor:
         """``(x / 255 - mean) / std`` per channel, float32."""
@@ -783,33 +815,36 @@ class Augmenter:
         mean, std = self._stats[x.device]
         return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
-    def _crop_flip(self, x: Tensor, g: torch.Generator, padding_mode: str) -> Tensor:
+    def _crop_flip(self, x: Tensor, g: torch.Generator, padding_mode: str, sizes: Tensor | None) -> Tensor:
         if self.kind == "small":
             x = random_crop_with_padding(x, 4, g, padding_mode=padding_mode)
         else:
-            x = random_resized_crop(x, self.image_size, scale=(0.5, 1.0), generator=g)
+            x = random_resized_crop(x, self.image_size, scale=(0.5, 1.0), generator=g, sizes=sizes)
         return random_hflip(x, g)
 
-    def weak(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def weak(self, x: Tensor, g: torch.Generator, sizes: Tensor | None = None) -> Tensor:
         self._check(x)
-        return self.normalize(self._crop_flip(x, g, "constant"))
+        return self.normalize(self._crop_flip(x, g, "constant", sizes))
 
-    def strong(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def strong(self, x: Tensor, g: torch.Generator, sizes: Tensor | None = None) -> Tensor:
         self._check(x)
-        x = self._crop_flip(x, g, "reflect")
+        x = self._crop_flip(x, g, "reflect", sizes)
+        if self.kind == "large":
+            x = random_crop_with_padding(x, self.strong_padding, g, padding_mode="reflect")
         x = randaugment_fixmatch(x, g, cutout_size=int(self.cutout_frac * self.image_size))
         return self.normalize(x)
 
-    def simclr(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def simclr(self, x: Tensor, g: torch.Generator, sizes: Tensor | None = None) -> Tensor:
         self._check(x)
-        x = random_resized_crop(x, self.image_size, scale=(0.2, 1.0), generator=g)
+        x = random_resized_crop(x, self.image_size, scale=(0.2, 1.0), generator=g,
+                                sizes=sizes if self.kind == "large" else None)
         x = random_hflip(x, g)
         x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, g, p=0.8)
         x = random_grayscale(x, 0.2, g)
         return self.normalize(x)
 
-    def test(self, x: Tensor) -> Tensor:
+    def test(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
         self._check(x)
         if self.kind == "large":
-            x = center_crop(x, self.image_size)
+            x = resize_center_crop(x, self.test_resize, self.image_size, sizes)
         return self.normalize(x)

@@ -36,10 +36,12 @@ CIFAR_MEAN = (0.5071, 0.4867, 0.4408)  # CIFAR-100 statistics, used for both CIF
 CIFAR_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CANVAS = 320  # longer side of the stored copy of each ImageNet image (ImageFiles)
 
 
 class TensorImages:
-    """Images held as one uint8 tensor; a batch is an index slice."""
+    """Images held as one uint8 tensor; a batch is an index slice. ``batches`` yields
+    ``(x, None)``: every image fills its tensor (no per-image size)."""
 
     def __init__(self, x: torch.Tensor):
         assert x.dtype == torch.uint8 and x.dim() == 4, (x.dtype, x.shape)
@@ -51,10 +53,18 @@ class TensorImages:
     def to(self, device: torch.device) -> "TensorImages":
         return TensorImages(self.x.to(device))
 
-    def batches(self, index_batches: Iterable[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    def batches(self, index_batches: Iterable[torch.Tensor],
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         x = self.x if self.x.device == device else self.x.to(device)
         for idx in index_batches:
-            yield x[idx.to(x.device)]
+            yield x[idx.to(x.device)], None
+
+
+def fit_in_canvas(w: int, h: int, canvas: int) -> tuple[int, int]:
+    """Size (w, h) of an image shrunk, aspect kept, so that its longer side is at most ``canvas``
+    (never enlarged). Python's ``round``, at least 1 px."""
+    s = min(1.0, canvas / max(w, h))
+    return max(1, min(canvas, round(w * s))), max(1, min(canvas, round(h * s)))
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -64,28 +74,32 @@ class _FileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
         with Image.open(self.files[i]) as im:
             im = im.convert("RGB")
-            w, h = im.size
-            s = self.size / min(w, h)  # Resize(size) on the short side, then CenterCrop(size)
-            im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-            im = im.crop((left, top, left + self.size, top + self.size))
-            return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+            w, h = fit_in_canvas(*im.size, self.size)
+            if (w, h) != im.size:
+                im = im.resize((w, h), Image.BILINEAR)  # PIL antialiases when it shrinks
+            out = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+            out[:, :h, :w] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+            return out, torch.tensor([h, w])
 
 
 class ImageFiles:
-    """JPEG files decoded by DataLoader workers into uint8 ``[B, 3, size, size]`` batches.
+    """JPEG files decoded by DataLoader workers into uint8 ``[B, 3, size, size]`` canvases.
 
-    Each image is resized to ``size`` on its short side and centre-cropped; the per-view random
-    resized crops to the training resolution then run batched on the device (``lps.data.augment``).
+    Each whole image, aspect kept, is shrunk to fit the canvas (longer side ``size``, default 320;
+    smaller images keep their size) and stored at its top-left corner; ``batches`` yields
+    ``(x, sizes)`` with ``sizes`` [B, 2] = each image's (height, width). The views are then drawn
+    batched on the device from the whole image, as the released code draws them from the decoded
+    file (``lps.data.augment.Augmenter``, kind "large": RandomResizedCrop of the full image,
+    Resize(256) + CenterCrop(224) for the test view). The stored copy is what the crops resample
+    from: at 320 px a typical (4:3) ImageNet image keeps 320 x 240 of its ~500 x 375 pixels.
     """
 
-    def __init__(self, files: list[str], size: int = 256, num_workers: int = 8):
+    def __init__(self, files: list[str], size: int = 320, num_workers: int = 8):
         self.files, self.size, self.num_workers = files, size, num_workers
 
     def __len__(self) -> int:
@@ -94,7 +108,8 @@ class ImageFiles:
     def to(self, device: torch.device) -> "ImageFiles":
         return self
 
-    def batches(self, index_batches: Iterable[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    def batches(self, index_batches: Iterable[torch.Tensor],
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(
             _FileDataset(self.files, self.size),
             batch_sampler=[idx.tolist() for idx in index_batches],
@@ -102,8 +117,8 @@ class ImageFiles:
             pin_memory=device.type == "cuda",
             persistent_workers=False,
         )
-        for x in loader:
-            yield x.to(device, non_blocking=True)
+        for x, sizes in loader:
+            yield x.to(device, non_blocking=True), sizes.to(device)
 
 
 @dataclass
@@ -378,8 +393,8 @@ def load_imagenet100(imagenet_dir: str = "", num_workers: int = 8, **_) -> Image
     val = root.parent / "val"
     te_files, te_y = scan(val) if val.is_dir() else ([], np.zeros(0, dtype=np.int64))
     return ImageData(
-        name="imagenet100", train=ImageFiles(tr_files, 256, num_workers), train_y=tr_y,
-        test=ImageFiles(te_files, 256, num_workers), test_y=te_y, num_classes=100, channels=3,
+        name="imagenet100", train=ImageFiles(tr_files, IMAGENET_CANVAS, num_workers), train_y=tr_y,
+        test=ImageFiles(te_files, IMAGENET_CANVAS, num_workers), test_y=te_y, num_classes=100, channels=3,
         image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="large", class_names=wnids,
     )
 
