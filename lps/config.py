@@ -287,10 +287,43 @@ def build_config(files: list[str] | None = None, overrides: list[str] | None = N
     if isinstance(method, dict):
         method = {"name": "lps", **method}
     data["method"] = method
+    data = apply_published_optim(data)
     cfg = from_dict(Config, data)
     cfg.method = resolve_method_params(cfg.method)
     validate_config(cfg)
     return cfg
+
+
+def apply_published_optim(data: dict) -> dict:
+    """Fill the ``optim`` keys the config leaves unset from the method's ``published_optim`` for the
+    dataset's kind (ORCA's MultiStep schedule, OpenNCD's Adam, GCD's weight decay and batch, ...).
+
+    Every key given by a file, an experiment set or the command line wins. When the config sets
+    ``optim.epochs`` but not ``optim.milestones``, published milestones are rescaled to the run's
+    length (``round(m * epochs / published epochs)``): ORCA's [140, 180] of 200 epochs is [4, 5]
+    in a 6-epoch run.
+    """
+    from lps.data.datasets import DATASET_KINDS
+    from lps.methods import METHODS
+
+    method = data.get("method")
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
+        return data
+    try:
+        cls = METHODS.get(method["name"])
+    except LPSError:
+        return data  # reported with the list of methods by resolve_method_params
+    given = data.get("optim", {})
+    dataset = (data.get("data") or {}).get("dataset", DataConfig.dataset) if isinstance(data.get("data"), dict) \
+        else DataConfig.dataset
+    published = dict(cls.published_optim.get(DATASET_KINDS.get(dataset, "small"), {}))
+    if not published or not isinstance(given, dict):
+        return data
+    epochs, pub_epochs = given.get("epochs"), published.get("epochs", OptimConfig.epochs)
+    if ("milestones" in published and "milestones" not in given and isinstance(epochs, int)
+            and not isinstance(epochs, bool) and epochs > 0 and epochs != pub_epochs):
+        published["milestones"] = [int(round(m * epochs / pub_epochs)) for m in published["milestones"]]
+    return {**data, "optim": {**published, **given}}
 
 
 def resolve_method_params(method: dict) -> dict:

@@ -475,7 +475,9 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 record = {"epoch": epoch, "lr": lr, **{k: v / max(len(index_batches), 1) for k, v in sums.items()},
                           "images_per_s": n_images / max(train_time, 1e-9), "train_time_s": train_time}
                 if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+                    method.final_evaluation = epoch + 1 == cfg.optim.epochs
                     metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
+                    method.final_evaluation = False
                     record.update(metrics)
                 record["epoch_time_s"] = time.time() - t_epoch
                 record = plain_json(record)  # as read back from metrics.jsonl
@@ -492,7 +494,9 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
             progress.close()
 
         if not method_cls.trains or "acc_all" not in last_metrics:
+            method.final_evaluation = True
             last_metrics, _ = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
+            method.final_evaluation = False
         row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history_at_start),
                               device=device_label(device), git=info["git_commit"], libs=info["libraries"],
                               n_seen=split.n_seen)

@@ -92,3 +92,32 @@ def test_bad_values_fail_before_any_run_folder(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr and o.split("=")[0] in r.stderr, r.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "abs").exists()
+
+
+def test_published_optimiser_comes_with_the_method():
+    """Each method starts from the optimiser and schedule it was released with; any optim key the
+    config sets wins; a set that only shortens the run gets the milestones rescaled."""
+    from lps.config import to_dict
+
+    orca = build_config([], ["method=orca", "data.dataset=cifar10"]).optim
+    assert (orca.schedule, orca.milestones, orca.gamma, orca.epochs, orca.lr) == ("multistep", [140, 180], 0.1, 200, 0.1)
+    orca_in = build_config([], ["method=orca", "data.dataset=imagenet100"]).optim  # released orca_imagenet.py
+    assert (orca_in.schedule, orca_in.milestones, orca_in.epochs, orca_in.weight_decay) == ("multistep", [30, 60], 90, 1e-4)
+    ncd = build_config([], ["method=openncd"]).optim
+    assert (ncd.optimizer, ncd.lr, ncd.weight_decay, ncd.epochs, ncd.milestones) == ("adam", 2e-3, 0.0, 150, [90, 120])
+    gcd = build_config([], ["method=gcd"]).optim
+    assert (gcd.weight_decay, gcd.batch_size, gcd.schedule) == (5e-5, 128, "cosine")
+    lps_c, lps_i = (build_config([], ["method=lps", f"data.dataset={d}"]).optim for d in ("cifar100", "imagenet100"))
+    assert (lps_c.weight_decay, lps_c.epochs, lps_c.schedule) == (5e-4, 200, "cosine")
+    assert (lps_i.weight_decay, lps_i.epochs) == (1e-4, 90)  # the paper's ImageNet protocol
+    # the demo sets' scale keys: 6 epochs, batch 128 -> OpenNCD keeps Adam 2e-3, milestones 90/150, 120/150 of 6
+    demo = build_config([], ["method=openncd", "optim.epochs=6", "optim.batch_size=128"]).optim
+    assert (demo.optimizer, demo.lr, demo.epochs, demo.milestones, demo.batch_size) == ("adam", 2e-3, 6, [4, 5], 128)
+    assert build_config([], ["method=orca", "optim.epochs=6"]).optim.milestones == [4, 5]  # 4.2, 5.4
+    # a key the config sets wins, the others stay published
+    o = build_config([], ["method=openncd", "optim.lr=0.01", "optim.milestones=[2]"]).optim
+    assert (o.optimizer, o.lr, o.milestones) == ("adam", 0.01, [2])
+    assert build_config([], ["method=orca", "optim.schedule=cosine"]).optim.schedule == "cosine"
+    # a resolved config reloads to itself (run folders, figures)
+    cfg = build_config([], ["method=openncd", "optim.epochs=6"])
+    assert to_dict(build_config(base=to_dict(cfg))) == to_dict(cfg)

@@ -195,3 +195,25 @@ def test_run_id_depends_on_initialisation(tmp_path):
     g = tmp_path / "copy.pt"
     g.write_bytes(b"abc")  # same content elsewhere: same run
     assert run_id(build_config([], [f"model.init={f}"])) == run_id(build_config([], [f"model.init={g}"]))
+
+
+@needs_fmnist
+def test_gcd_reported_evaluation_uses_the_released_kmeans_budget(tmp_path, monkeypatch):
+    """GCD's released final evaluation (k_means.sh) runs 100 restarts x 200 iterations of
+    semi-supervised k-means; the per-epoch evaluations the training-time 10 x 10."""
+    import lps.methods.gcd as gcd_module
+
+    calls = []
+    real = gcd_module.semi_supervised_kmeans
+
+    def spy(u, lf, ly, k, n_init, max_iter, *a, **kw):
+        calls.append((n_init, max_iter))
+        return real(u, lf, ly, k, 2, 3, *a, **kw)  # keep the test fast
+
+    monkeypatch.setattr(gcd_module, "semi_supervised_kmeans", spy)
+    cfg = build_config([], tiny_overrides(tmp_path, **{"optim.epochs": 3}) +
+                       ["method=gcd", "method.proj_out_dim=16", "method.proj_hidden_dim=16",
+                        "method.proj_bottleneck_dim=8"])
+    train(cfg)
+    # per evaluation: the unlabeled set, then the test split; epochs 1, 2 monitored, epoch 3 reported
+    assert calls == [(10, 10)] * 4 + [(100, 200)] * 2

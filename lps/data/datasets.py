@@ -36,6 +36,7 @@ CIFAR_MEAN = (0.5071, 0.4867, 0.4408)  # CIFAR-100 statistics, used for both CIF
 CIFAR_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DATASET_KINDS = {"fashion_mnist": "small", "cifar10": "small", "cifar100": "small", "imagenet100": "large"}
 IMAGENET_CANVAS = 320  # longer side of the stored copy of each ImageNet image (ImageFiles)
 
 

@@ -60,6 +60,15 @@ class Method(nn.Module):
     views: ClassVar[tuple[str, ...]] = ("weak", "weak", "strong")
     #: False for methods that only evaluate the initial model (e.g. SimCLR + k-means)
     trains: ClassVar[bool] = True
+    #: the optimiser and schedule the method was published with, per dataset kind ("small": CIFAR
+    #: and Fashion-MNIST, "large": ImageNet): ``optim.*`` keys that every config of this method
+    #: starts from unless a config file, an experiment set or the command line sets them
+    #: (:func:`lps.config.apply_published_optim`). Default: the LPS paper's protocol (Sec. 4.1), i.e.
+    #: the lps defaults on CIFAR and weight decay 1e-4 over 90 epochs on ImageNet.
+    published_optim: ClassVar[dict[str, dict]] = {"large": {"weight_decay": 1e-4, "epochs": 90}}
+    #: True while the trainer runs the evaluation whose numbers go into result.parquet (methods
+    #: whose published evaluation is heavier than the per-epoch monitoring, e.g. GCD's k-means)
+    final_evaluation: bool = False
     registry_name: ClassVar[str]
 
     def __init__(self, params, ctx: MethodContext):
