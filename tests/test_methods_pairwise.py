@@ -273,7 +273,7 @@ def test_orca_step_matches_reference_and_margin_changes_the_loss():
     assert float(fresh.uncertainty) == pytest.approx(0.8)
 
 
-def ref_nach_loss(z1, z2, z3, y_lb, m, n_seen=2, k=2):
+def ref_nach_loss(z1, z2, z3, y_lb, m, n_seen=2, k=2, labeled_rows="pseudo", pair_loss="bce"):
     n_lb, n = len(y_lb), z1.shape[0]
     p1 = [_softmax(r) for r in _np(z1)]
     p2 = [_softmax(r) for r in _np(z2)]
@@ -281,7 +281,7 @@ def ref_nach_loss(z1, z2, z3, y_lb, m, n_seen=2, k=2):
     thr_novel = 0.95 - min(2 * m, 0.5)
     pl, mask = [], []
     for i in range(n):
-        if i < n_lb:
+        if i < n_lb and labeled_rows == "label":
             pl.append(int(y_lb[i]))
             mask.append(1.0)
         else:
@@ -298,10 +298,14 @@ def ref_nach_loss(z1, z2, z3, y_lb, m, n_seen=2, k=2):
             accepted += 1
         else:
             part[i] = i
-    bce = np.mean([-math.log(float(np.dot(p1[i], p2[part[i]]))) for i in range(n)])
+    sims = [float(np.dot(p1[i], p2[part[i]])) for i in range(n)]
+    if pair_loss == "bce":
+        bce = np.mean([-math.log(q) for q in sims])
+    else:  # BCEWithLogitsLoss(q, 1) = -log(sigmoid(q))
+        bce = np.mean([math.log1p(math.exp(-q)) for q in sims])
     ce = np.mean([-(x[i][y_lb[i]] - math.log(np.exp(x[i]).sum())) for i in range(n_lb)])
     pi = sum(mask[i] * p2[i] for i in range(n))
-    pi = pi / pi.sum()
+    pi = pi / pi.sum() if pi.sum() > 0 else np.full(kk, 1.0 / kk)  # nothing selected: uniform
     align = 0.0
     for i in range(n):
         s = _np(z3)[i] + np.log(pi * kk)
@@ -311,13 +315,14 @@ def ref_nach_loss(z1, z2, z3, y_lb, m, n_seen=2, k=2):
     return float((pbar * np.log(pbar)).sum()) + bce + ce + align, accepted, mask
 
 
+@pytest.mark.parametrize("labeled_rows,pair_loss", [("pseudo", "bce"), ("label", "bce"), ("pseudo", "bce_with_logits")])
 @pytest.mark.parametrize("m", [1.0, 0.1, -0.5])
-def test_nach_step_matches_reference(m):
-    nach = make_method("nach")
+def test_nach_step_matches_reference(m, labeled_rows, pair_loss):
+    nach = make_method("nach", labeled_rows=labeled_rows, pair_loss=pair_loss)
     model = Passthrough()
     nach.gap.fill_(m)
     out = nach.training_step(model, batch_of(Z1, Z2, Z3))
-    ref, accepted, mask = ref_nach_loss(Z1, Z2, Z3, Y_LB.numpy(), m)
+    ref, accepted, mask = ref_nach_loss(Z1, Z2, Z3, Y_LB.numpy(), m, labeled_rows=labeled_rows, pair_loss=pair_loss)
     assert float(out["loss"].detach()) == pytest.approx(ref, rel=1e-5)
     assert float(out["novel_threshold"]) == pytest.approx(0.95 - min(2 * m, 0.5))
     assert float(out["neighbour_accept_rate"]) == pytest.approx(accepted / 4)
@@ -339,8 +344,44 @@ def test_nach_no_neighbour_accepted_pairs_views_of_self():
     assert float(out["loss"].detach()) == pytest.approx(ref, rel=1e-5)
 
 
-def test_nach_epoch_start_sets_gap_and_initial_value():
+def test_nach_labeled_rows_are_thresholded_on_their_own_pseudo_labels():
+    """Re-implementation behaviour (default): a labeled row whose weak view is unconfident gets mask
+    0 and its predicted class, not its label; with labeled_rows="label" it is its label, mask 1."""
+    z = torch.tensor([[0.3, 0.0, 0.1, 0.2], [0.0, 9.0, 0.0, 0.5], [0.2, 0.0, 9.0, 0.0]])  # rows 0, 1 labeled
+    y_lb = torch.tensor([0, 0])
+    for rows, expect in (("pseudo", [0.0, 1.0]), ("label", [1.0, 1.0])):
+        nach = make_method("nach", labeled_rows=rows)
+        out = nach.training_step(Passthrough(), batch_of(z, z, z, y_lb=y_lb))
+        ref, _, mask = ref_nach_loss(z, z, z, y_lb.numpy(), 1.0, labeled_rows=rows)
+        assert mask[:2] == expect  # row 0: max prob ~0.3 < 0.95; row 1: confident, but of class 1
+        assert float(out["loss"].detach()) == pytest.approx(ref, rel=1e-5)
+
+
+def test_nach_gap_is_averaged_over_the_previous_epochs_batches():
+    """m = mean max-prob of the rows predicted seen - that of the rows predicted novel, over every
+    row of every batch of the previous epoch (labeled rows included), on the pseudo-label view."""
     nach = make_method("nach")
+    g = torch.Generator().manual_seed(0)
+    zs = [torch.randn(7, 4, generator=g) * 3 for _ in range(2)]
+    nach.on_epoch_start(0, None, None)
+    assert float(nach.gap) == 1.0  # before any training: the initial value
+    for z in zs:
+        nach.training_step(Passthrough(), batch_of(z, z, z))
+    conf, pred = torch.softmax(torch.cat(zs), 1).max(1)
+    expect = float(conf[pred < 2].mean() - conf[pred >= 2].mean())
+    state = nach.state_dict()
+    nach.on_epoch_start(1, None, torch.full((5, 4), 0.25))  # the evaluation's probabilities are not used
+    assert float(nach.gap) == pytest.approx(expect, abs=1e-6)
+    fresh = make_method("nach")  # the running sums are checkpointed: a resumed run gets the same m
+    fresh.load_state_dict(state)
+    fresh.on_epoch_start(1, None, None)
+    assert float(fresh.gap) == pytest.approx(expect, abs=1e-6)
+    nach.on_epoch_start(2, None, None)  # an epoch without training steps keeps m
+    assert float(nach.gap) == pytest.approx(expect, abs=1e-6)
+
+
+def test_nach_epoch_start_sets_gap_and_initial_value():
+    nach = make_method("nach", gap_source="evaluation")
     assert float(nach.gap) == 1.0 and nach.novel_threshold() == pytest.approx(0.45)
     probs = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.1, 0.1, 0.7, 0.1]])  # n_seen = 2
     nach.on_epoch_start(1, None, probs)
