@@ -86,6 +86,7 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.5  # NT-Xent tau
     proj_dim: int = 128
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # of the pretraining (part of its identity), as train.precision
     seed: int = 0
     max_steps_per_epoch: int = 0
     checkpoint: str = ""  # set by the CLI/workflow: the backbone file written by `lps pretrain`

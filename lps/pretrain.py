@@ -134,7 +134,7 @@ def pretrain(cfg: Config) -> Path:
                 if device.type == "cuda" and cfg.train.channels_last:
                     v1 = v1.contiguous(memory_format=torch.channels_last)
                     v2 = v2.contiguous(memory_format=torch.channels_last)
-                with autocast(device, cfg.train.precision):
+                with autocast(device, p.precision):
                     z = model(torch.cat([v1, v2]))
                 za, zb = z.float().chunk(2)
                 loss = losses.unsupervised_contrastive_loss(za, zb, p.temperature)

@@ -489,3 +489,57 @@ def test_adaptive_margins_paper_form_is_bounded():
     assert adaptive_margins(pi_hat, 10.0, kl="code").max() > 10 * math.log(3)
     with pytest.raises(ValueError, match="kl"):
         adaptive_margins(pi_hat, 10.0, kl="other")
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole LPS step, from REFERENCE.md "LPS as released", written with the loop references above
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_lps_step_matches_the_released_composition(epoch):
+    from lps.config import build_config
+    from lps.methods import METHODS, Batch, MethodContext
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+
+    n_lb, n, k, n_seen, epochs = 3, 10, 4, 2, 6
+    g = torch.Generator().manual_seed(epoch)
+    z1, z2, z3 = (3 * torch.randn(n, k, generator=g) for _ in range(3))
+    z2[n_lb:n_lb + 3] *= 4  # some confident unlabeled rows
+    y_lb = torch.tensor([0, 1, 0])
+    cfg = build_config([], ["method=lps"])
+    cls = METHODS.get("lps")
+    method = cls(cls.Params(**{a: b for a, b in cfg.method.items() if a != "name"}),
+                 MethodContext(num_classes=k, n_seen=n_seen, n_labeled=6, n_unlabeled=20, epochs=epochs,
+                               steps_per_epoch=1, feat_dim=k, device=torch.device("cpu")))
+    method.on_epoch_start(epoch, None, None)
+    out = method.training_step(Identity(), Batch(views=[z1, z2, z3], y_lb=y_lb, n_lb=n_lb, idx=torch.arange(n),
+                                                 generator=g))
+    # reference: pseudo-labels of v2, labeled rows keep their label; thresholds 0.95 / 0.4 + 0.4 e / T
+    p2 = np.exp(_np(z2)) / np.exp(_np(z2)).sum(1, keepdims=True)
+    pl, conf = p2.argmax(1), p2.max(1)
+    pl[:n_lb] = y_lb.numpy()
+    thr_novel = 0.4 + 0.4 * epoch / epochs
+    mask = np.where(pl < n_seen, conf >= 0.95, conf >= thr_novel)
+    mask[:n_lb] = True
+    pi = (p2 * mask[:, None]).sum(0)
+    pi = pi / pi.sum()
+    s = float(np.sum((1 / k) * np.log((1 / k) / pi)))  # KL(u || pi_hat), the released direction
+    margins = s * 10 * pi / pi.max()
+    am = ref_margin_ce(z1[:n_lb], y_lb, margins) + ref_margin_ce(z3[n_lb:], torch.as_tensor(pl[n_lb:]), margins,
+                                                                 weights=mask[n_lb:].astype(float))
+    m = torch.as_tensor(mask)
+    pc = ref_pc_loss(z2[m], z3[m], torch.as_tensor(pl)[m], 0.4)
+    uc = ref_nt_xent(z2, z3, 0.4, anchor_mask=~mask)
+    p1 = np.exp(_np(z1)) / np.exp(_np(z1)).sum(1, keepdims=True)
+    pbar = p1.mean(0)
+    reg = float((pbar * np.log(pbar)).sum())
+    assert float(out["loss_am"]) == pytest.approx(am, rel=1e-5)
+    assert float(out["loss_pc"]) == pytest.approx(pc, rel=1e-5)
+    assert float(out["loss_uc"]) == pytest.approx(uc, rel=1e-5)
+    assert float(out["entropy_reg"]) == pytest.approx(reg, rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(reg + am + pc + uc, rel=1e-5)
+    assert float(out["mask_rate_unlabeled"]) == pytest.approx(mask[n_lb:].mean())

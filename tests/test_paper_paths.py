@@ -50,7 +50,10 @@ def test_cifar_loaders_read_torchvision_layout(data_root):
     assert tuple(c10.train.x.shape) == (60, 3, 32, 32) and tuple(c10.test.x.shape) == (20, 3, 32, 32)
     assert sorted(set(c10.train_y.tolist())) == list(range(10)) and c10.class_names[0] == "class_0"
     assert c10.kind == "small" and c10.num_classes == 10
+    # the released code normalises both CIFAR sets with the CIFAR-100 statistics
+    cifar100_stats = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
     c100 = load_cifar100(str(data_root))
+    assert (c10.mean, c10.std) == cifar100_stats and (c100.mean, c100.std) == cifar100_stats
     assert tuple(c100.train.x.shape) == (200, 3, 32, 32) and c100.num_classes == 100
     # the CHW layout matches the published format: row k of `data` = 1024 R, then G, then B values
     raw = pickle.load(open(data_root / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="latin1")
