@@ -56,9 +56,9 @@ Departures from the released code:
 
 Optimisation (``published_optim``, the starting point of every OpenNCD config; any ``optim.*``
 key set by a config or experiment set wins): the released runs use Adam (betas 0.9, 0.999, no
-weight decay) at lr 2e-3 for the trainable backbone layers and the prototypes, batch 512, 150
-epochs, MultiStep [90, 120] with gamma 0.1. The code released no ImageNet schedule; the same one
-is used there (an experiment set's ImageNet ``optim.epochs`` rescales the milestones).
+weight decay) at lr 2e-3 for the trainable backbone layers, the projector and the prototypes,
+batch 512, 150 epochs, MultiStep [90, 120] with gamma 0.1. The code released no ImageNet schedule;
+the same one is used there (an experiment set's ImageNet ``optim.epochs`` rescales the milestones).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ needed when one head covers every cluster):
 - pairwise BCE on the pair probability ``P_ab = <softmax(z_a), softmax(z_bar_b)>``:
   ``-log(P + eps)`` for positive pairs, ``-log(1 - P + eps)`` for negative ones, averaged over
   all pairs (:func:`pairwise_bce_with_labels`; :func:`lps.losses.pairwise_bce_loss` is its
-  positive-pairs-only special case);
+  positive-pairs-only special case up to the eps handling: that one clamps ``P`` to ``[eps, 1]``);
 - consistency ``MSE(softmax(z), softmax(z_bar))`` over all rows, weight
   ``w(t) = w_consistency * sigmoid_rampup(epoch, r * E)``.
 

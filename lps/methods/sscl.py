@@ -25,8 +25,9 @@ Two branches on one backbone, views weak (``DA_w``) and strong (``DA_s``):
   only confident ones). Negatives: every key of another label (unlabeled keys other than ``i``
   included). Loss per query (the circle-loss form of Eq. (5), Appendix A.1):
   ``log(1 + sum_n exp(gamma (s_n + m)) * sum_p exp(-gamma a_p s_p))``, with the self-paced
-  weight ``a_p = clamp(cos(query, v_c), 0, 1)`` (detached) for mined positives and 1 for the own
-  key (:func:`sscl_contrastive_loss`);
+  weight ``a_p = clamp(cos(query, v_c), 0, 1)`` (detached) for the mined positives of unlabeled
+  queries, and 1 for the own key and for a labeled query's positives, which share its true label
+  (:func:`sscl_contrastive_loss`);
 - class prototypes ``v_c``: class means of the labeled keys, refined with the prototype mixture
   (Eq. (4): ``lambda * x_c + (1 - lambda) * x_nearest``, ``lambda ~ Beta(1, 1)``, here mixed in
   the embedding space with an unlabeled key whose nearest prototype is ``c``), kept in a buffer
@@ -66,7 +67,7 @@ class SsCLParams:
     n_positives: int = 3  # mined class positives per query; paper Sec. 5.2 / Table 7 (best: 3)
     history: int = 128  # batches in the running average of p_s (t); paper Sec. 3.1
     sim_scale: float = 5.0  # scale of the similarity distribution softmax; project choice (= gamma)
-    proj_dim: int = 128  # projection width; MoCo v2 head, which SsCL follows (paper Sec. 4.2)
+    proj_dim: int = 64  # projection width; paper Sec. 4.1, CIFAR-10 (64-d; the ImageNet setting, Sec. 4.2, 128)
     prototype_momentum: float = 0.9  # running average of the prototypes; project choice (online stand-in
     #                                  for the paper's recomputation every S epochs)
     prototype_mixup: bool = True  # prototype mixture of Eq. (4) (alpha = 1: lambda ~ U(0, 1)); paper Sec. 3.1
