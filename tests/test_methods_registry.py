@@ -72,6 +72,22 @@ def test_training_step_finite_loss_and_gradients(name, freeze):
 
 
 @pytest.mark.parametrize("name", TRAINING)
+def test_training_step_under_bf16_autocast(name):
+    """The trainer's bf16 autocast (the CUDA default; CPU bf16 here): a step in the first and in
+    the last epoch, so the statistics a method keeps late in a run (OpenNCD's grouping counts,
+    ...) are updated under autocast too, with a finite loss and gradients."""
+    cls, model, method = make(name, "layer4", 0)
+    for epoch in (0, method.ctx.epochs - 1):
+        method.on_epoch_start(epoch, model, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = method.training_step(model, make_batch(cls, epoch))
+        assert torch.isfinite(out["loss"].float())
+        out["loss"].backward()
+    params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+
+
+@pytest.mark.parametrize("name", TRAINING)
 def test_same_seed_same_loss(name):
     a = step(name, seed=3)[2]["loss"].item()
     b = step(name, seed=3)[2]["loss"].item()
