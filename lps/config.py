@@ -64,7 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # channels_last memory format (CUDA and CPU: faster convolutions on both)
     compile: bool = False
     fuse_views: bool = False  # one forward pass over all views (BatchNorm statistics shared across views)
     deterministic: bool = True  # deterministic kernels (exact resume on CPU)

@@ -72,7 +72,7 @@ def pretrain(cfg: Config) -> Path:
     seed_everything(derive_seed(p.seed, "pretrain-init"))
     arch = resolve_arch(cfg.model.arch, data.kind)
     model = SimCLRModel(build_backbone(arch, data.channels, cfg.model.width), p.proj_dim).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     base_lr = p.lr * p.batch_size / 256
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -131,7 +131,7 @@ def pretrain(cfg: Config) -> Path:
             total = 0.0
             for x, sizes in images.batches(index_batches, device):
                 v1, v2 = augmenter.simclr(x, g_aug, sizes), augmenter.simclr(x, g_aug, sizes)
-                if device.type == "cuda" and cfg.train.channels_last:
+                if cfg.train.channels_last:
                     v1 = v1.contiguous(memory_format=torch.channels_last)
                     v2 = v2.contiguous(memory_format=torch.channels_last)
                 with autocast(device, p.precision):

@@ -142,15 +142,19 @@ def epoch_index_batches(labeled: torch.Tensor, unlabeled: torch.Tensor, b_lab: i
 
 @torch.no_grad()
 def embed(model: torch.nn.Module, source, idx: np.ndarray, transform: Callable, device: torch.device,
-          batch_size: int, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and backbone features (float32, CPU) of the images ``idx`` with the test transform."""
+          batch_size: int, precision: str, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and backbone features (float32, CPU) of the images ``idx`` with the test transform
+    (``channels_last``: inputs in that memory format, for a model converted to it)."""
     was_training = model.training
     model.eval()
     logits, feats = [], []
     chunks = [torch.as_tensor(idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
     for x, sizes in source.batches(chunks, device):
+        v = transform(x, sizes)
+        if channels_last:
+            v = v.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            z, f = model(transform(x, sizes))
+            z, f = model(v)
         logits.append(z.float().cpu())
         feats.append(f.float().cpu())
     model.train(was_training)
@@ -169,13 +173,13 @@ def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit,
     def labeled() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "lab" not in cache:
             zl, fl = embed(model, data.train, split.labeled_idx, augmenter.test, device, cfg.train.eval_batch_size,
-                           cfg.train.precision)
+                           cfg.train.precision, cfg.train.channels_last)
             cache["lab"] = (zl, fl, torch.as_tensor(data.train_y[split.labeled_idx]))
         return cache["lab"]
 
     method.before_evaluation(labeled)
     z, f = embed(model, data.train, split.unlabeled_idx, augmenter.test, device, cfg.train.eval_batch_size,
-                 cfg.train.precision)
+                 cfg.train.precision, cfg.train.channels_last)
     y = data.train_y[split.unlabeled_idx]
     out.update(openssl_metrics(y, method.predict(z, f), split.n_seen))
     probs = F.softmax(z, 1)
@@ -187,7 +191,7 @@ def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit,
     out["pi_hat"] = [round(float(v), 5) for v in pi_hat]
     if len(test_idx):
         zt, ft = embed(model, data.test, test_idx, augmenter.test, device, cfg.train.eval_batch_size,
-                       cfg.train.precision)
+                       cfg.train.precision, cfg.train.channels_last)
         m = openssl_metrics(data.test_y[test_idx], method.predict(zt, ft), split.n_seen)
         out.update({f"test_{k}": v for k, v in m.items()})
     return out, probs
@@ -379,7 +383,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     method.fuse_views = cfg.train.fuse_views
     model.to(device)
     method.to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     params_to_train = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = make_optimizer(params_to_train, cfg, device)
@@ -456,7 +460,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 for idx, (x, sizes) in zip(index_batches, train_images.batches(index_batches, device)):
                     y_lb = torch.as_tensor(data.train_y[idx[:b_lab].numpy()], device=device)
                     views = [view_fns[v](x, g_aug, sizes) for v in method_cls.views]
-                    if device.type == "cuda" and cfg.train.channels_last:
+                    if cfg.train.channels_last:
                         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                     batch = Batch(views=views, y_lb=y_lb, n_lb=b_lab, idx=idx.to(device), generator=g_aug)
                     try:
