@@ -9,7 +9,9 @@ noisy machine affects them alike, and the median is reported with the ratio to t
 Variants (``--variants``, comma separated):
 
 - ``nchw``: the default memory format (the trainer before ``train.channels_last`` applied to CPUs);
-- ``channels_last``: model and views in channels_last (the trainer's default, ``train.channels_last``).
+- ``channels_last``: model and views in channels_last (the trainer's default, ``train.channels_last``);
+- ``stem2``: channels_last and a stride-2 first convolution (``model.stem_stride=2``): a different
+  model (every stage at half the resolution), so its accuracy has to be measured separately.
 
 Example (2 cores; one thread per variant as in two parallel demo jobs)::
 
@@ -20,7 +22,6 @@ Example (2 cores; one thread per variant as in two parallel demo jobs)::
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -42,7 +43,9 @@ from lps.trainer import batch_sizes, build_model, embed, epoch_index_batches, ma
     prepare_data  # noqa: E402
 from lps.utils import library_versions  # noqa: E402
 
-VARIANTS = {"nchw": {"channels_last": False}, "channels_last": {"channels_last": True}}
+VARIANTS = {"nchw": {"channels_last": False, "stem_stride": 1},
+            "channels_last": {"channels_last": True, "stem_stride": 1},
+            "stem2": {"channels_last": True, "stem_stride": 2}}
 CPU = torch.device("cpu")
 
 
@@ -63,17 +66,19 @@ class Workload:
         self.ctx = MethodContext(num_classes=self.data.num_classes, n_seen=self.split.n_seen, n_labeled=n_lab,
                                  n_unlabeled=n_unl, epochs=self.cfg.optim.epochs, steps_per_epoch=self.steps,
                                  feat_dim=0, device=CPU)
+        self.arch = resolve_arch(self.cfg.model.arch, self.data.kind)
+
+    def _train_model(self, stem_stride: int):
         torch.manual_seed(0)
-        self.train_model = build_model(self.cfg, self.data)
-        apply_freeze(self.train_model, self.cfg.model.freeze)
-        self.ctx.feat_dim = self.train_model.backbone.out_dim
-        arch = resolve_arch(self.cfg.model.arch, self.data.kind)
-        self.simclr_model = SimCLRModel(build_backbone(arch, self.data.channels, self.cfg.model.width),
-                                        self.cfg.pretrain.proj_dim)
+        self.cfg.model.stem_stride = stem_stride
+        model = build_model(self.cfg, self.data)
+        apply_freeze(model, self.cfg.model.freeze)
+        self.ctx.feat_dim = model.backbone.out_dim
+        return model
 
     def train_fn(self, switches: dict):
         cl = switches["channels_last"]
-        model = copy.deepcopy(self.train_model)
+        model = self._train_model(switches["stem_stride"])
         if cl:
             model.to(memory_format=torch.channels_last)
         cls = METHODS.get("lps")
@@ -96,7 +101,9 @@ class Workload:
 
     def pretrain_fn(self, switches: dict):
         cl = switches["channels_last"]
-        model = copy.deepcopy(self.simclr_model)
+        torch.manual_seed(0)
+        model = SimCLRModel(build_backbone(self.arch, self.data.channels, self.cfg.model.width, switches["stem_stride"]),
+                            self.cfg.pretrain.proj_dim)
         if cl:
             model.to(memory_format=torch.channels_last)
         p = self.cfg.pretrain
@@ -123,7 +130,7 @@ class Workload:
 
     def eval_fn(self, switches: dict):
         cl = switches["channels_last"]
-        model = copy.deepcopy(self.train_model)
+        model = self._train_model(switches["stem_stride"])
         if cl:
             model.to(memory_format=torch.channels_last)
         idx = self.split.unlabeled_idx

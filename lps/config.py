@@ -40,6 +40,7 @@ class DataConfig:
 class ModelConfig:
     arch: str = "auto"  # auto | resnet18_cifar | resnet50 ("auto": resnet50 for imagenet100)
     width: int = 64  # base width of the CIFAR ResNet-18 (64 = the standard model)
+    stem_stride: int = 1  # stride of the CIFAR ResNet-18's first conv (1 = the paper's model; 2: ~4x fewer FLOPs)
     freeze: Literal["layer4", "none"] = "layer4"  # layer4: only layer4 and the head train
     head_scale: float = 10.0  # cosine classifier scale
     init: str = ""  # backbone state_dict to start from; "" -> the SimCLR checkpoint of `pretrain`

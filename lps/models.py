@@ -30,11 +30,14 @@ class BasicBlock(nn.Module):
 
 class CifarResNet18(nn.Module):
     """ResNet-18, CIFAR variant: 3x3 stride-1 stem, no max-pool, [2,2,2,2] BasicBlocks at
-    width x (1, 2, 4, 8), global average pool. ``width=64`` is the standard model."""
+    width x (1, 2, 4, 8), global average pool. ``width=64`` is the standard model.
+    ``stem_stride=2`` (CPU-sized runs only) halves the resolution of every stage, ~4x fewer FLOPs."""
 
-    def __init__(self, in_channels: int = 3, width: int = 64):
+    def __init__(self, in_channels: int = 3, width: int = 64, stem_stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        if stem_stride not in (1, 2):
+            raise LPSError(f"model.stem_stride must be 1 or 2, got {stem_stride}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         planes, layers = width, []
         in_planes = width
@@ -115,9 +118,11 @@ def resolve_arch(arch: str, dataset_kind: str) -> str:
     return arch
 
 
-def build_backbone(arch: str, in_channels: int, width: int = 64) -> nn.Module:
+def build_backbone(arch: str, in_channels: int, width: int = 64, stem_stride: int = 1) -> nn.Module:
     if arch == "resnet18_cifar":
-        return CifarResNet18(in_channels, width)
+        return CifarResNet18(in_channels, width, stem_stride)
+    if stem_stride != 1:
+        raise LPSError(f"model.stem_stride applies to resnet18_cifar only, not {arch!r}")
     if arch == "resnet50":
         return ResNet50(in_channels)
     raise LPSError(f"unknown architecture {arch!r} (resnet18_cifar, resnet50)")

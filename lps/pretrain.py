@@ -31,7 +31,8 @@ from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, deriv
 
 def pretrain_identity(cfg: Config) -> dict:
     p = {k: v for k, v in to_dict(cfg.pretrain).items() if k != "checkpoint"}
-    ident = {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width, "pretrain": p,
+    ident = {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width,
+             "stem_stride": cfg.model.stem_stride, "pretrain": p,
              "max_train_per_class": cfg.data.max_train_per_class}
     if cfg.data.max_train_per_class > 0:
         ident["split_seed"] = cfg.data.split_seed  # the subsample depends on it
@@ -71,7 +72,7 @@ def pretrain(cfg: Config) -> Path:
         raise LPSError("SimCLR needs at least two training images")
     seed_everything(derive_seed(p.seed, "pretrain-init"))
     arch = resolve_arch(cfg.model.arch, data.kind)
-    model = SimCLRModel(build_backbone(arch, data.channels, cfg.model.width), p.proj_dim).to(device)
+    model = SimCLRModel(build_backbone(arch, data.channels, cfg.model.width, cfg.model.stem_stride), p.proj_dim).to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     base_lr = p.lr * p.batch_size / 256

@@ -213,7 +213,7 @@ def prepare_data(cfg: Config) -> tuple[ImageData, OpenWorldSplit, np.ndarray]:
 
 def build_model(cfg: Config, data: ImageData) -> OpenWorldModel:
     arch = resolve_arch(cfg.model.arch, data.kind)
-    return OpenWorldModel(build_backbone(arch, data.channels, cfg.model.width), data.num_classes,
+    return OpenWorldModel(build_backbone(arch, data.channels, cfg.model.width, cfg.model.stem_stride), data.num_classes,
                           cfg.model.head_scale)
 
 

@@ -215,3 +215,33 @@ def test_end_to_end_rerun_and_partial_rerun(tmp_path):
     out = r.stdout + r.stderr
     assert job_counts(out) == {"train": 2, "collect": 1, "table": 1, "run_counts": 1, "all": 1}, out[-3000:]
     assert planned_outputs(out, "table") >= {"results/tables/table4.md"}
+
+
+def test_base_config_shares_lps_demo_pretraining(tmp_path):
+    """A set with `base_config: demo` that keeps its data/model/pretrain keys plans exactly the
+    SimCLR pretraining `lps demo` writes (same folder, so the first command pretrains once), and its
+    LPS run is `lps demo`'s when the set changes nothing else."""
+    from lps.config import build_config
+    from lps.pretrain import pretrain_dir
+    from lps.trainer import run_id
+
+    s = {"base_config": "demo", "seeds": [0], "defaults": {},
+         "datasets": {"fashion_mnist": {"label": "Fashion-MNIST"}},
+         "methods": {"lps": {"label": "LPS"}, "orca": {"label": "ORCA"}},
+         "tables": {"t": {"grid": {"method": ["lps", "orca"]}}}}
+    r = snakemake(tmp_path, "-n", "--config", f"experiment_set={write_set(tmp_path / 's.yaml', s)}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    demo = build_config(["demo"], [f"output_dir={tmp_path / 'results' / 'runs'}"])
+    pre = planned_outputs(r.stdout, "pretrain")
+    assert len(pre) == 1 and Path(next(iter(pre))).parent.name == pretrain_dir(demo).name
+    runs = {Path(p).parent.name for p in planned_outputs(r.stdout, "train")}
+    assert run_id(build_config(["demo"], ["method=lps"])) in runs and len(runs) == 2
+    # a set changing a model key gets its own pretraining
+    s["defaults"] = {"model.width": 8}
+    r = snakemake(tmp_path, "-n", "--config", f"experiment_set={write_set(tmp_path / 's2.yaml', s)}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Path(next(iter(planned_outputs(r.stdout, "pretrain")))).parent.name != pretrain_dir(demo).name
+    s["base_config"] = "no_such_config"
+    r = snakemake(tmp_path, "-n", "--config", f"experiment_set={write_set(tmp_path / 's3.yaml', s)}")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "base_config" in out and "no_such_config" in out, out[-2000:]

@@ -122,12 +122,36 @@ def _raw(value):
     return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _base_settings():
+    """The set's `base_config` (an lps config file) as flat `key: value` settings."""
+    name = CONFIG.get("base_config")
+    if not name:
+        return {}
+    from lps.config import load_yaml
+
+    try:
+        return _flat(load_yaml(name))
+    except LPSError as e:
+        raise WorkflowError(f"experiment set {CONFIG['experiment_set']}: base_config: {e}")
+
+
+BASE_SETTINGS = _base_settings()
+
+
 def cell_args(method, dataset, seen_class_ratio, label_ratio, freeze, seed, variant_overrides):
-    """The lps `key=value` list of one run: defaults <- dataset <- method <- method x dataset <- the
-    cell's coordinates <- the variant. Sorted, so equal settings give equal lists."""
+    """The lps `key=value` list of one run: base_config <- defaults <- dataset <- method <- method x
+    dataset <- the cell's coordinates <- the variant. Sorted, so equal settings give equal lists."""
     m = CONFIG["methods"][method]
     settings = {}
-    for layer in (CONFIG.get("defaults", {}), CONFIG["datasets"][dataset].get("overrides", {}),
+    for layer in (BASE_SETTINGS, CONFIG.get("defaults", {}), CONFIG["datasets"][dataset].get("overrides", {}),
                   m.get("overrides", {}), m.get("dataset_overrides", {}).get(dataset, {})):
         settings.update(layer)
     settings.update({"method.name": method, "data.dataset": dataset, "data.seen_class_ratio": seen_class_ratio,
