@@ -70,7 +70,8 @@ class TrainConfig:
     fuse_views: bool = False  # one forward pass over all views (BatchNorm statistics shared across views)
     deterministic: bool = True  # deterministic kernels (exact resume on CPU)
     max_steps_per_epoch: int = 0  # > 0 caps the steps of an epoch (smoke tests)
-    eval_every: int = 1
+    eval_every: int = 1  # evaluate the unlabeled training images every N epochs (and always the last)
+    eval_test_every: int = 0  # the held-out test split every N epochs; 0: the last epoch only
     eval_batch_size: int = 1024
     threads: int = 0  # > 0 sets torch CPU threads
     progress: Literal["auto", "bar", "log", "none"] = "auto"
@@ -363,6 +364,7 @@ def validate_config(cfg: Config) -> None:
                        ("data.split_seed", d.split_seed), ("data.max_train_per_class", d.max_train_per_class),
                        ("data.max_test_per_class", d.max_test_per_class), ("data.num_workers", d.num_workers),
                        ("train.seed", cfg.train.seed), ("train.threads", cfg.train.threads),
+                       ("train.eval_test_every", cfg.train.eval_test_every),
                        ("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch),
                        ("pretrain.seed", cfg.pretrain.seed),
                        ("pretrain.max_steps_per_epoch", cfg.pretrain.max_steps_per_epoch)):

@@ -60,7 +60,8 @@ from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, deriv
 # keys that do not change what a run computes: excluded from the run id and the resume check
 NON_SCIENTIFIC = {
     "output_dir", "run_name", "data.data_dir", "data.imagenet_dir", "data.num_workers", "train.device",
-    "train.threads", "train.progress", "train.eval_batch_size", "pretrain.checkpoint", "model.init",
+    "train.threads", "train.progress", "train.eval_batch_size", "train.eval_test_every", "pretrain.checkpoint",
+    "model.init",
 }
 
 
@@ -164,9 +165,10 @@ def embed(model: torch.nn.Module, source, idx: np.ndarray, transform: Callable, 
 
 
 def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit, test_idx: np.ndarray,
-                  augmenter: Augmenter, device, cfg: Config) -> tuple[dict, torch.Tensor]:
-    """Metrics on the unlabeled training images (the paper's transductive protocol) and on the
-    held-out test split (``test_`` prefix). Also returns the unlabeled softmax outputs."""
+                  augmenter: Augmenter, device, cfg: Config, with_test: bool = True) -> tuple[dict, torch.Tensor]:
+    """Metrics on the unlabeled training images (the paper's transductive protocol) and, with
+    ``with_test``, on the held-out test split (``test_`` prefix). Also returns the unlabeled softmax
+    outputs."""
     out: dict = {}
     cache: dict = {}
 
@@ -189,7 +191,7 @@ def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit,
     pi = pi / pi.sum()
     out["kl_pi_hat_pi"] = float(losses.kl_divergence(pi_hat, pi))
     out["pi_hat"] = [round(float(v), 5) for v in pi_hat]
-    if len(test_idx):
+    if with_test and len(test_idx):
         zt, ft = embed(model, data.test, test_idx, augmenter.test, device, cfg.train.eval_batch_size,
                        cfg.train.precision, cfg.train.channels_last)
         m = openssl_metrics(data.test_y[test_idx], method.predict(zt, ft), split.n_seen)
@@ -479,8 +481,11 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 record = {"epoch": epoch, "lr": lr, **{k: v / max(len(index_batches), 1) for k, v in sums.items()},
                           "images_per_s": n_images / max(train_time, 1e-9), "train_time_s": train_time}
                 if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
-                    method.final_evaluation = epoch + 1 == cfg.optim.epochs
-                    metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
+                    last = epoch + 1 == cfg.optim.epochs
+                    every = cfg.train.eval_test_every
+                    method.final_evaluation = last
+                    metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device,
+                                                             cfg, with_test=last or (every > 0 and (epoch + 1) % every == 0))
                     method.final_evaluation = False
                     record.update(metrics)
                 record["epoch_time_s"] = time.time() - t_epoch

@@ -215,5 +215,18 @@ def test_gcd_reported_evaluation_uses_the_released_kmeans_budget(tmp_path, monke
                        ["method=gcd", "method.proj_out_dim=16", "method.proj_hidden_dim=16",
                         "method.proj_bottleneck_dim=8"])
     train(cfg)
-    # per evaluation: the unlabeled set, then the test split; epochs 1, 2 monitored, epoch 3 reported
-    assert calls == [(10, 10)] * 4 + [(100, 200)] * 2
+    # epochs 1, 2 monitored (unlabeled set only), epoch 3 reported (unlabeled set, then the test split)
+    assert calls == [(10, 10)] * 2 + [(100, 200)] * 2
+
+
+@needs_fmnist
+@pytest.mark.parametrize("every", [0, 1])
+def test_test_split_evaluated_at_the_last_epoch_or_every_n(tmp_path, every):
+    cfg = build_config([], tiny_overrides(tmp_path, **{"optim.epochs": 3, "train.eval_test_every": every}) +
+                       ["method=lps"])
+    row = train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "runs" / row["run_id"] / "metrics.jsonl").read_text().splitlines()]
+    has_test = ["test_acc_all" in r for r in lines]
+    assert all("acc_all" in r for r in lines)
+    assert has_test == ([False, False, True] if every == 0 else [True, True, True])
+    assert row["test_acc_all"] == lines[-1]["test_acc_all"]
