@@ -7,7 +7,7 @@ process on one device, on synthetic uint8 data (never real data).
     forward passes, plain SGD; torch's default backend settings.
 (b) this project (``lps/trainer.py``): uint8 images on the device, index-slice batches, batched
     per-sample augmentation (``lps.data.augment.Augmenter``), the trainer's step (bf16 autocast,
-    channels_last and fused SGD on CUDA; ``--compile``, ``--fuse-views`` as ``train.compile`` and
+    channels_last (every device) and fused SGD on CUDA; ``--compile``, ``--fuse-views`` as ``train.compile`` and
     ``train.fuse_views``; ``--deterministic`` as ``train.deterministic``, default on as in the
     trainer). Both call ``lps.methods.lps.LPS.training_step``, so they compute the same loss.
 
@@ -360,8 +360,7 @@ def run_workload(w: Workload, args, device: torch.device) -> dict:
 
         def project_views(x: torch.Tensor) -> list[torch.Tensor]:
             views = [aug.weak(x, g), aug.weak(x, g), aug.strong(x, g)]
-            if cuda:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]  # the trainer's default
             return views
 
         def project_aug():
@@ -394,8 +393,7 @@ def run_workload(w: Workload, args, device: torch.device) -> dict:
 
     with backend_settings("project", device, args.deterministic):
         model = copy.deepcopy(base)
-        if cuda:
-            model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # train.channels_last, on every device
         method = w.make_method(model, device)
         method.fuse_views = args.fuse_views
         cfg = Config()
@@ -456,9 +454,9 @@ def _project_eval(w: Workload, model: torch.nn.Module, args, device: torch.devic
     n = eb * args.steps
     idx = np.arange(n) % len(w.labels)
     source = TensorImages(w.images)
-    embed(model, source, idx[:eb], w.augmenter.test, device, eb, "auto")  # warm-up
-    return measure(lambda: embed(model, source, idx, w.augmenter.test, device, eb, "auto"), n, 0, 1, args.repeats,
-                   device)
+    embed(model, source, idx[:eb], w.augmenter.test, device, eb, "auto", True)  # warm-up
+    return measure(lambda: embed(model, source, idx, w.augmenter.test, device, eb, "auto", True), n, 0, 1,
+                   args.repeats, device)
 
 
 # ----------------------------------------------------------------------------- ImageNet data path
