@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import needs_fmnist
 from lps.data import augment as A
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,3 +152,18 @@ def test_reference_views_and_training_step():
     method.fuse_views = True
     with pytest.raises(ValueError, match="one forward pass per view"):
         ref.reference_training_step(method, model, opt, [v1, v2, v3], y[:2], 2, torch.device("cpu"), g)
+
+
+@needs_fmnist
+def test_cpu_demo_benchmark_prints_every_variant_and_part():
+    proc = subprocess.run([sys.executable, str(BENCH / "cpu_demo.py"), "--steps", "1", "--warmup", "0", "--repeats", "1",
+                           "--variants", "nchw,channels_last,stem2", "data.max_train_per_class=12",
+                           "optim.batch_size=16", "pretrain.batch_size=16", "model.width=4"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in ("train", "pretrain", "eval"):
+        assert f"## {part}: images/s" in proc.stdout
+    assert proc.stdout.count("ratio  1.00") >= 3 and proc.stdout.count("stem2") >= 3
+    bad = subprocess.run([sys.executable, str(BENCH / "cpu_demo.py"), "--variants", "nchw,fast"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "fast" in bad.stderr
