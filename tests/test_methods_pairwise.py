@@ -770,3 +770,18 @@ def test_d2_seeding_never_draws_points_on_existing_centres():
     # all points on the existing centre: uniform fallback, no error
     assert _d2_seeding(torch.zeros(3, 2), torch.zeros(1, 2), 2, rng).shape == (2, 2)
     assert _d2_seeding(x, x[:0], 0, rng).shape == (0, 2)
+
+
+def test_openncd_head_runs_in_fp32_under_bf16_autocast():
+    """The projector, prototype similarities (cos / 0.1) and group sums are computed in fp32 even
+    inside the trainer's bf16 autocast: on the same features the losses equal the fp32 ones."""
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(7, 6, generator=g)
+    losses_by_mode = []
+    for autocast in (False, True):
+        torch.manual_seed(0)  # the same projector and prototypes
+        method = make_method("openncd", feat_dim=6)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = method.training_step(Passthrough(), batch_of(f, f * 0.9))
+        losses_by_mode.append({k: float(v) for k, v in out.items()})
+    assert losses_by_mode[0] == losses_by_mode[1]
