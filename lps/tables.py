@@ -75,6 +75,62 @@ def collect_epochs(result_files: Iterable[str | Path]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------
+# convergence
+
+
+def convergence(epochs: pd.DataFrame, metric: str = "acc_all", window: float = 0.2,
+                threshold: float = 1.5) -> pd.DataFrame:
+    """Whether each run has converged: over its last ``window`` of epochs (at least the last two
+    evaluated ones), ``metric`` moves by less than ``threshold`` points (max - min, in %).
+
+    One row per run: run_id, method, ..., ``epochs`` (evaluated), ``window_epochs``, ``first`` and
+    ``last`` epoch of the window, ``moved`` (points), ``last_value`` (%), ``converged`` (bool; NA for a
+    run with fewer than two evaluations, e.g. SimCLR + k-means, which does not train). Unconverged
+    runs first."""
+    keys = ["run_id", "method", "dataset", "seen_class_ratio", "label_ratio", "freeze", "overrides", "seed"]
+    cols = keys + ["epochs", "window_epochs", "first", "last", "moved", "last_value", "converged"]
+    rows = []
+    if epochs.empty or metric not in epochs.columns:
+        return pd.DataFrame(columns=cols)
+    for rid, g in epochs.dropna(subset=[metric]).groupby("run_id", sort=True):
+        g = g.sort_values("epoch")
+        n = len(g)
+        total = int(g["epoch"].max()) + 1
+        k = max(2, math.ceil(window * total))
+        w = g[g["epoch"] >= total - k]
+        if len(w) < 2:
+            w = g.tail(2)
+        vals = 100 * w[metric].astype(float)
+        row = {c: g.iloc[0][c] for c in keys if c in g.columns}
+        moved = float(vals.max() - vals.min()) if len(w) >= 2 else math.nan
+        row.update({"epochs": n, "window_epochs": len(w), "first": int(w["epoch"].min()),
+                    "last": int(w["epoch"].max()), "moved": moved, "last_value": float(vals.iloc[-1]),
+                    "converged": (moved < threshold) if len(w) >= 2 else pd.NA})
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=cols)
+    out["converged"] = out["converged"].astype("boolean")
+    return out.sort_values(["converged", "moved"], ascending=[True, False], na_position="last",
+                           kind="stable").reset_index(drop=True)
+
+
+def convergence_markdown(conv: pd.DataFrame, metric: str = "acc_all", window: float = 0.2,
+                         threshold: float = 1.5) -> str:
+    n_bad = int((conv["converged"] == False).sum())  # noqa: E712  (nullable boolean)
+    lines = [f"### Convergence: {metric} over the last {window:.0%} of epochs", "",
+             f"A run counts as converged when {metric} moves by less than {threshold} points (max - min) over "
+             f"its last {window:.0%} of epochs (at least two evaluations). "
+             f"**{n_bad} of {int(conv['converged'].notna().sum())} trained runs have not converged.**", "",
+             "| run | method | seed | window (epochs) | moved (points) | last (%) | converged |",
+             "|:---|:---|---:|:---|---:|---:|:---|"]
+    for _, r in conv.iterrows():
+        ok = "—" if pd.isna(r["converged"]) else ("yes" if r["converged"] else "**no**")
+        moved = "—" if pd.isna(r["moved"]) else f"{r['moved']:.1f}"
+        lines.append(f"| {r['run_id']} | {r['method']} | {r['seed']} | {r['first'] + 1}–{r['last'] + 1} | {moved} | "
+                     f"{r['last_value']:.1f} | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
 # paper values
 
 

@@ -192,3 +192,32 @@ def test_write_and_collect(tmp_path):
     assert back.shape == t.numbers.shape
     assert pd.read_csv(tmp_path / "t.csv").shape == t.display.shape
     assert (tmp_path / "t.md").read_text() == t.markdown
+
+
+def test_convergence_flags_runs_still_moving_in_their_last_fifth():
+    import pandas as pd
+
+    from lps.tables import convergence, convergence_markdown
+
+    def run(rid, values, method="lps"):
+        return [{"run_id": rid, "method": method, "dataset": "d", "seen_class_ratio": 0.5, "label_ratio": 0.5,
+                 "freeze": "layer4", "overrides": "{}", "seed": 0, "epoch": e, "acc_all": v}
+                for e, v in enumerate(values)]
+
+    # 10 epochs: the window is the last 2 (20 %); 5 epochs: the last 2 (at least two evaluations)
+    ep = pd.DataFrame(run("flat", [0.1, 0.3, 0.5, 0.600, 0.605, 0.60, 0.60, 0.61, 0.615, 0.62])
+                      + run("moving", [0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.62, 0.64, 0.66])
+                      + run("short", [0.2, 0.4, 0.5, 0.52, 0.60])
+                      + run("kmeans", [0.55], method="simclr_kmeans"))
+    c = convergence(ep).set_index("run_id")
+    assert c.loc["flat", "moved"] == pytest.approx(0.5) and bool(c.loc["flat", "converged"])
+    assert c.loc["moving", "moved"] == pytest.approx(2.0) and not bool(c.loc["moving", "converged"])
+    assert c.loc["short", "moved"] == pytest.approx(8.0) and (c.loc["short", "first"], c.loc["short", "last"]) == (3, 4)
+    assert pd.isna(c.loc["kmeans", "converged"])  # does not train: not judged
+    order = list(convergence(ep)["run_id"])
+    assert order[:2] == ["short", "moving"] and order[-1] == "kmeans"  # unconverged first, most moved first
+    md = convergence_markdown(convergence(ep))
+    assert "2 of 3 trained runs have not converged" in md and "| moving | lps | 0 | 9–10 | 2.0 | 66.0 | **no** |" in md
+    # a 20-epoch run: the window is its last 4 epochs
+    c20 = convergence(pd.DataFrame(run("r", [0.5] * 15 + [0.40, 0.6, 0.6, 0.6, 0.6]))).iloc[0]
+    assert (c20["first"], c20["last"], c20["moved"]) == (16, 19, 0.0)

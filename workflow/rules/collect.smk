@@ -38,3 +38,22 @@ rule run_counts:
         "../envs/lps.yaml"
     script:
         "../scripts/write_text.py"
+
+
+rule convergence:
+    input:
+        f"{RESULTS}/epochs.parquet",
+    output:
+        parquet=f"{RESULTS}/convergence.parquet",
+        md=report(
+            f"{RESULTS}/convergence.md",
+            category="Convergence",
+            caption="../report/convergence.rst",
+        ),
+    log:
+        f"{RESULTS}/logs/convergence.log",
+    localrule: True
+    conda:
+        "../envs/lps.yaml"
+    script:
+        "../scripts/convergence.py"

@@ -374,7 +374,7 @@ def run_counts_markdown():
     n_data = len({r["dataset"] for r in RUNS.values()})
     n_fig = sum(bool(FIGURES.get(f)) for f in FIGURE_NAMES)
     jobs = {"prepare_data": n_data, "pretrain": len(PRETRAIN), "train": len(RUNS), "collect": 1, "run_counts": 1,
-            "table": len(TABLE_SPECS), "figure": n_fig, "all": 1}
+            "table": len(TABLE_SPECS), "figure": n_fig, "convergence": 1, "all": 1}
     lines += ["", f"Unique training runs: **{len(RUNS)}** "
               f"({', '.join(f'{d}: {n}' for d, n in by_dataset.items())}); "
               f"SimCLR pretraining jobs: **{len(PRETRAIN)}**; data preparation jobs: **{n_data}**.", "",
@@ -398,7 +398,7 @@ FIGURE_CAPTIONS = {
 
 def report_targets():
     """Everything the HTML report shows (and the files whose change makes it stale)."""
-    out = [f"{RESULTS}/run_counts.md"]
+    out = [f"{RESULTS}/run_counts.md", f"{RESULTS}/convergence.md"]
     out += [f"{RESULTS}/tables/{t}.{ext}" for t in TABLE_SPECS for ext in ("parquet", "csv", "md")]
     for name in FIGURE_NAMES:
         if FIGURES.get(name):
