@@ -68,19 +68,24 @@ class Workload:
                                  feat_dim=0, device=CPU)
         self.arch = resolve_arch(self.cfg.model.arch, self.data.kind)
 
-    def _train_model(self, stem_stride: int):
+    def _model(self, switches: dict, simclr: bool = False) -> torch.nn.Module:
+        """The training (or SimCLR) model of a variant, seeded, in its memory format."""
         torch.manual_seed(0)
-        self.cfg.model.stem_stride = stem_stride
-        model = build_model(self.cfg, self.data)
-        apply_freeze(model, self.cfg.model.freeze)
-        self.ctx.feat_dim = model.backbone.out_dim
+        if simclr:
+            backbone = build_backbone(self.arch, self.data.channels, self.cfg.model.width, switches["stem_stride"])
+            model = SimCLRModel(backbone, self.cfg.pretrain.proj_dim)
+        else:
+            self.cfg.model.stem_stride = switches["stem_stride"]
+            model = build_model(self.cfg, self.data)
+            apply_freeze(model, self.cfg.model.freeze)
+            self.ctx.feat_dim = model.backbone.out_dim
+        if switches["channels_last"]:
+            model.to(memory_format=torch.channels_last)
         return model
 
     def train_fn(self, switches: dict):
         cl = switches["channels_last"]
-        model = self._train_model(switches["stem_stride"])
-        if cl:
-            model.to(memory_format=torch.channels_last)
+        model = self._model(switches)
         cls = METHODS.get("lps")
         method = cls(cls.Params(**{k: v for k, v in self.cfg.method.items() if k != "name"}), self.ctx)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], self.cfg, CPU)
@@ -101,11 +106,7 @@ class Workload:
 
     def pretrain_fn(self, switches: dict):
         cl = switches["channels_last"]
-        torch.manual_seed(0)
-        model = SimCLRModel(build_backbone(self.arch, self.data.channels, self.cfg.model.width, switches["stem_stride"]),
-                            self.cfg.pretrain.proj_dim)
-        if cl:
-            model.to(memory_format=torch.channels_last)
+        model = self._model(switches, simclr=True)
         p = self.cfg.pretrain
         opt = torch.optim.SGD(model.parameters(), lr=p.lr * p.batch_size / 256, momentum=p.momentum,
                               weight_decay=p.weight_decay)
@@ -130,9 +131,7 @@ class Workload:
 
     def eval_fn(self, switches: dict):
         cl = switches["channels_last"]
-        model = self._train_model(switches["stem_stride"])
-        if cl:
-            model.to(memory_format=torch.channels_last)
+        model = self._model(switches)
         idx = self.split.unlabeled_idx
 
         def step() -> int:

@@ -317,8 +317,8 @@ def apply_published_optim(data: dict) -> dict:
     except LPSError:
         return data  # reported with the list of methods by resolve_method_params
     given = data.get("optim", {})
-    dataset = (data.get("data") or {}).get("dataset", DataConfig.dataset) if isinstance(data.get("data"), dict) \
-        else DataConfig.dataset
+    data_section = data.get("data")
+    dataset = data_section.get("dataset", DataConfig.dataset) if isinstance(data_section, dict) else DataConfig.dataset
     published = dict(cls.published_optim.get(DATASET_KINDS.get(dataset, "small"), {}))
     if not published or not isinstance(given, dict):
         return data

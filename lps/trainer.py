@@ -165,10 +165,20 @@ def embed(model: torch.nn.Module, source, idx: np.ndarray, transform: Callable, 
 
 
 def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit, test_idx: np.ndarray,
-                  augmenter: Augmenter, device, cfg: Config, with_test: bool = True) -> tuple[dict, torch.Tensor]:
+                  augmenter: Augmenter, device, cfg: Config, final: bool = True,
+                  with_test: bool = True) -> tuple[dict, torch.Tensor]:
     """Metrics on the unlabeled training images (the paper's transductive protocol) and, with
     ``with_test``, on the held-out test split (``test_`` prefix). Also returns the unlabeled softmax
-    outputs."""
+    outputs. ``final``: the evaluation reported in result.parquet (``Method.final_evaluation``)."""
+    method.final_evaluation = final
+    try:
+        return _evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg, with_test)
+    finally:
+        method.final_evaluation = False
+
+
+def _evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit, test_idx: np.ndarray,
+                   augmenter: Augmenter, device, cfg: Config, with_test: bool) -> tuple[dict, torch.Tensor]:
     out: dict = {}
     cache: dict = {}
 
@@ -483,10 +493,9 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
                     last = epoch + 1 == cfg.optim.epochs
                     every = cfg.train.eval_test_every
-                    method.final_evaluation = last
                     metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device,
-                                                             cfg, with_test=last or (every > 0 and (epoch + 1) % every == 0))
-                    method.final_evaluation = False
+                                                             cfg, final=last,
+                                                             with_test=last or (every > 0 and (epoch + 1) % every == 0))
                     record.update(metrics)
                 record["epoch_time_s"] = time.time() - t_epoch
                 record = plain_json(record)  # as read back from metrics.jsonl
@@ -503,9 +512,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
             progress.close()
 
         if not method_cls.trains or "acc_all" not in last_metrics:
-            method.final_evaluation = True
             last_metrics, _ = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
-            method.final_evaluation = False
         row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history_at_start),
                               device=device_label(device), git=info["git_commit"], libs=info["libraries"],
                               n_seen=split.n_seen)

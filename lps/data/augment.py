@@ -37,7 +37,6 @@ __all__ = [
     "adjust_saturation",
     "adjust_sharpness",
     "autocontrast",
-    "center_crop",
     "color_jitter",
     "cutout",
     "equalize",
@@ -569,16 +568,6 @@ def resize_center_crop(x: Tensor, resize: int, size: int, sizes: Tensor | None =
     h, w = _valid_sizes(x, sizes)
     side = torch.minimum(h, w) * (size / resize)
     return resized_crop(x, (h - side) / 2, (w - side) / 2, side, side, size)
-
-
-def center_crop(x: Tensor, size: int) -> Tensor:
-    """Central size x size crop (F.center_crop; offsets ``round((H - size) / 2)``)."""
-    _check_batch(x)
-    h, w = x.shape[-2:]
-    if size > h or size > w:
-        raise ValueError(f"center crop {size} is larger than the image {h}x{w}")
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return x[..., top : top + size, left : left + size]
 
 
 def random_grayscale(x: Tensor, p: float, generator: torch.Generator) -> Tensor:

@@ -36,6 +36,7 @@ CIFAR_MEAN = (0.5071, 0.4867, 0.4408)  # CIFAR-100 statistics, used for both CIF
 CIFAR_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# "small": fixed-size images, pad-crop augmentation; "large": crops of whole images (ImageFiles)
 DATASET_KINDS = {"fashion_mnist": "small", "cifar10": "small", "cifar100": "small", "imagenet100": "large"}
 IMAGENET_CANVAS = 320  # longer side of the stored copy of each ImageNet image (ImageFiles)
 
@@ -200,8 +201,8 @@ def load_fashion_mnist(data_dir: str = "", **_) -> ImageData:
         train_y=arrays["train_y"].astype(np.int64),
         test=TensorImages(torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1)),
         test_y=arrays["test_y"].astype(np.int64),
-        num_classes=10, channels=1, image_size=28, mean=(0.2860,), std=(0.3530,), kind="small",
-        class_names=names,
+        num_classes=10, channels=1, image_size=28, mean=(0.2860,), std=(0.3530,),
+        kind=DATASET_KINDS["fashion_mnist"], class_names=names,
     )
 
 
@@ -331,8 +332,8 @@ def _load_cifar(name: str, data_dir: str) -> ImageData:
     return ImageData(
         name=name, train=TensorImages(torch.from_numpy(np.ascontiguousarray(tr_x))), train_y=tr_y,
         test=TensorImages(torch.from_numpy(np.ascontiguousarray(te_x))), test_y=te_y,
-        num_classes=lay.num_classes, channels=3, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, kind="small",
-        class_names=names,
+        num_classes=lay.num_classes, channels=3, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
+        kind=DATASET_KINDS[name], class_names=names,
     )
 
 
@@ -396,7 +397,8 @@ def load_imagenet100(imagenet_dir: str = "", num_workers: int = 8, **_) -> Image
     return ImageData(
         name="imagenet100", train=ImageFiles(tr_files, IMAGENET_CANVAS, num_workers), train_y=tr_y,
         test=ImageFiles(te_files, IMAGENET_CANVAS, num_workers), test_y=te_y, num_classes=100, channels=3,
-        image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, kind="large", class_names=wnids,
+        image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, kind=DATASET_KINDS["imagenet100"],
+        class_names=wnids,
     )
 
 

@@ -235,10 +235,7 @@ class OpenNCD(Method):
 
     @torch.no_grad()
     def _accumulate(self, z: torch.Tensor, y_lb: torch.Tensor) -> None:
-        with torch.autocast(z.device.type, enabled=False):  # fp32 statistics under bf16 autocast too
-            self._accumulate_fp32(z, y_lb)
-
-    def _accumulate_fp32(self, z: torch.Tensor, y_lb: torch.Tensor) -> None:
+        """Grouping statistics; called from :meth:`_losses`, so in fp32 under a bf16 autocast too."""
         sims = F.normalize(z.detach().float(), dim=1) @ F.normalize(self.prototypes.detach().float(), dim=1).T
         top = sims.topk(self.graph_neighbours, dim=1).indices  # [N, nn]
         marks = torch.zeros_like(sims).scatter_(1, top, 1.0)  # [N, P]
