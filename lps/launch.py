@@ -67,6 +67,8 @@ OOM_PATTERNS = ("exceeded memory limit", "oom-kill", "out of memory", "out_of_me
 
 
 _SIGNALLED: list[float] = []  # times submitit's USR2 handler called Job.checkpoint in this process
+# submitit's words when it does not requeue a timed-out job; describe_failure recognises them
+TIMED_OUT_TOO_OFTEN = "timed-out too many times"
 
 
 class Job:
@@ -98,7 +100,7 @@ class Job:
             # the job still ends as submitit decided, instead of running on past its notice.
             from submitit.core.utils import UncompletedJobError
 
-            raise UncompletedJobError("Job not requeued after SIGUSR2 (timed out too many times); the run "
+            raise UncompletedJobError(f"Job not requeued after SIGUSR2 ({TIMED_OUT_TOO_OFTEN}); the run "
                                       "resumes from its last checkpoint when started again")
         return out
 
@@ -366,7 +368,7 @@ def describe_failure(run: str, job_id: str, st: SlurmState | None, res, a, paths
     time_min = rec.get("time_min", a.time_min)
     if res is not None and res[0] == "error":
         tb = str(res[1]).rstrip().splitlines()
-        if any("timed-out too many times" in ln for ln in tb):
+        if any(TIMED_OUT_TOO_OFTEN in ln for ln in tb):
             what = (f"reached its time limit ({time_min} min) more often than --max-timeouts="
                     f"{rec.get('max_timeouts', a.max_timeouts)} allows and was not requeued again; "
                     "raise --time-min or --max-timeouts (the run resumes from its checkpoint)")

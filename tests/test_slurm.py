@@ -254,6 +254,24 @@ def test_failure_messages_name_run_job_and_log(tmp_path):
     assert "failed with an exception" in text and "ValueError: boom" in text and "^^^^" not in text
 
 
+def test_job_ending_after_an_unrequeued_usr2_is_reported_as_a_time_limit(tmp_path, monkeypatch):
+    """A job whose USR2 handler declined to requeue but whose training then returned raises its own
+    UncompletedJobError; the launcher names that as the exhausted time limit, like submitit's."""
+    import traceback
+
+    import lps.launch as launch
+    import lps.trainer
+
+    monkeypatch.setattr(launch, "_SIGNALLED", [0.0])
+    monkeypatch.setattr(lps.trainer, "train", lambda cfg: {"run_id": "r1"})
+    with pytest.raises(Exception) as e:
+        launch.Job("train", ["method=lps"])()
+    tb = "".join(traceback.format_exception(e.value))
+    a = launch.parse_args(["train", "--executor", "slurm", "--max-timeouts", "0", "--time-min", "5"])
+    text = launch.describe_failure("r1", "42", None, ("error", tb), a, launch.Paths(tmp_path, "42"), {})
+    assert "reached its time limit (5 min) more often than --max-timeouts=0 allows" in text, text
+
+
 # --------------------------------------------------------------------------------------------
 # 1. a job through sbatch completes; 6. two launchers started at once for it share that one job
 
