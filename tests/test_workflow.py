@@ -218,6 +218,30 @@ def test_end_to_end_rerun_and_partial_rerun(tmp_path):
     assert planned_outputs(out, "table") >= {"results/tables/table4.md"}
 
 
+def test_demo_set_is_the_first_commands_second_half(tmp_path):
+    """The shipped demo set (what `snakemake --profile profiles/local` runs after `lps demo`) has all
+    registered methods in Table 1, plans the one SimCLR pretraining `lps demo` writes and contains
+    `lps demo`'s two runs, so the first command pretrains once and trains those two once."""
+    from lps.config import build_config
+    from lps.methods import METHODS
+    from lps.pretrain import pretrain_dir
+    from lps.trainer import run_id
+
+    data = load_set("demo")
+    assert data["base_config"] == "demo" and not data.get("defaults")
+    assert sorted(data["tables"]["table1"]["grid"]["method"]) == sorted(METHODS.names())
+    assert {"table1", "table2", "table4", "table7"} <= set(data["tables"])
+    assert {"fig2", "fig4", "fig5", "fig6"} <= set(data["figures"])
+    r = snakemake(tmp_path, "-n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    demo = build_config(["demo"], [f"output_dir={tmp_path / 'results' / 'runs'}"])
+    pre = planned_outputs(r.stdout, "pretrain")
+    assert {Path(p).parent.name for p in pre} == {pretrain_dir(demo).name}
+    runs = {Path(p).parent.name for p in planned_outputs(r.stdout, "train")}
+    for method in ("simclr_kmeans", "lps"):
+        assert run_id(build_config(["demo"], [f"method={method}"])) in runs
+
+
 def test_base_config_shares_lps_demo_pretraining(tmp_path):
     """A set with `base_config: demo` that keeps its data/model/pretrain keys plans exactly the
     SimCLR pretraining `lps demo` writes (same folder, so the first command pretrains once), and its
