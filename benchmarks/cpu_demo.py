@@ -167,7 +167,7 @@ def top_ops(fn, steps: int, k: int = 10) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-c", "--config", action="append", default=[], help="extra lps config file")
-    ap.add_argument("--variants", default="nchw,channels_last")
+    ap.add_argument("--variants", default="nchw,channels_last,stem2")
     ap.add_argument("--parts", default="train,pretrain,eval")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6)

@@ -110,7 +110,7 @@ def test_published_optimiser_comes_with_the_method():
     lps_c, lps_i = (build_config([], ["method=lps", f"data.dataset={d}"]).optim for d in ("cifar100", "imagenet100"))
     assert (lps_c.weight_decay, lps_c.epochs, lps_c.schedule) == (5e-4, 200, "cosine")
     assert (lps_i.weight_decay, lps_i.epochs) == (1e-4, 90)  # the paper's ImageNet protocol
-    # the demo sets' scale keys: 6 epochs, batch 128 -> OpenNCD keeps Adam 2e-3, milestones 90/150, 120/150 of 6
+    # a short run's scale keys: 6 epochs, batch 128 -> OpenNCD keeps Adam 2e-3, milestones 90/150, 120/150 of 6
     demo = build_config([], ["method=openncd", "optim.epochs=6", "optim.batch_size=128"]).optim
     assert (demo.optimizer, demo.lr, demo.epochs, demo.milestones, demo.batch_size) == ("adam", 2e-3, 6, [4, 5], 128)
     assert build_config([], ["method=orca", "optim.epochs=6"]).optim.milestones == [4, 5]  # 4.2, 5.4
