@@ -37,7 +37,7 @@ from lps import losses  # noqa: E402
 from lps.config import build_config  # noqa: E402
 from lps.data.augment import Augmenter  # noqa: E402
 from lps.methods import METHODS, Batch, MethodContext  # noqa: E402
-from lps.models import apply_freeze, build_backbone, resolve_arch  # noqa: E402
+from lps.models import apply_freeze, build_backbone, resolve_arch, use_channels_last  # noqa: E402
 from lps.pretrain import SimCLRModel  # noqa: E402
 from lps.trainer import batch_sizes, build_model, embed, epoch_index_batches, make_optimizer, optimization_step, \
     prepare_data  # noqa: E402
@@ -68,7 +68,7 @@ class Workload:
                                  feat_dim=0, device=CPU)
         self.arch = resolve_arch(self.cfg.model.arch, self.data.kind)
 
-    def _model(self, switches: dict, simclr: bool = False) -> torch.nn.Module:
+    def _model(self, switches: dict, simclr: bool = False) -> tuple[torch.nn.Module, bool]:
         """The training (or SimCLR) model of a variant, seeded, in its memory format."""
         torch.manual_seed(0)
         if simclr:
@@ -79,13 +79,16 @@ class Workload:
             model = build_model(self.cfg, self.data)
             apply_freeze(model, self.cfg.model.freeze)
             self.ctx.feat_dim = model.backbone.out_dim
-        if switches["channels_last"]:
+        cl = use_channels_last(model, CPU, switches["channels_last"])  # as the trainer decides
+        if switches["channels_last"] and not cl:
+            print("# channels_last not applied: a strided 1x1 convolution has input channels that are not a "
+                  "multiple of 8 (lps.models.use_channels_last)", flush=True)
+        if cl:
             model.to(memory_format=torch.channels_last)
-        return model
+        return model, cl
 
     def train_fn(self, switches: dict):
-        cl = switches["channels_last"]
-        model = self._model(switches)
+        model, cl = self._model(switches)
         cls = METHODS.get("lps")
         method = cls(cls.Params(**{k: v for k, v in self.cfg.method.items() if k != "name"}), self.ctx)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], self.cfg, CPU)
@@ -105,8 +108,7 @@ class Workload:
         return step
 
     def pretrain_fn(self, switches: dict):
-        cl = switches["channels_last"]
-        model = self._model(switches, simclr=True)
+        model, cl = self._model(switches, simclr=True)
         p = self.cfg.pretrain
         opt = torch.optim.SGD(model.parameters(), lr=p.lr * p.batch_size / 256, momentum=p.momentum,
                               weight_decay=p.weight_decay)
@@ -130,8 +132,7 @@ class Workload:
         return step
 
     def eval_fn(self, switches: dict):
-        cl = switches["channels_last"]
-        model = self._model(switches)
+        model, cl = self._model(switches)
         idx = self.split.unlabeled_idx
 
         def step() -> int:

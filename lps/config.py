@@ -65,7 +65,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool = True  # channels_last memory format (CUDA and CPU: faster convolutions on both)
+    channels_last: bool = True  # channels_last memory format (CUDA and CPU: faster convolutions on both;
+    # on the CPU only where torch's kernels are safe for the model: lps.models.use_channels_last)
     compile: bool = False
     fuse_views: bool = False  # one forward pass over all views (BatchNorm statistics shared across views)
     deterministic: bool = True  # deterministic kernels (exact resume on CPU)

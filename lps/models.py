@@ -128,6 +128,18 @@ def build_backbone(arch: str, in_channels: int, width: int = 64, stem_stride: in
     raise LPSError(f"unknown architecture {arch!r} (resnet18_cifar, resnet50)")
 
 
+def use_channels_last(model: nn.Module, device: torch.device, wanted: bool) -> bool:
+    """Whether to run ``model`` in channels_last (``train.channels_last``). On the CPU, torch's
+    backward of a strided 1x1 convolution in channels_last corrupts memory when its input channels
+    are not a multiple of 8 (torch 2.14.1 on an AVX2 CPU: segfaults and aborts for 2, 4 and 6
+    channels, none for 8 and 16), i.e. CIFAR ResNet-18 shortcuts at widths that are not multiples
+    of 8; such a model stays in the default format there (correct, ~1.2x slower on the CPU)."""
+    if not wanted or device.type != "cpu":
+        return wanted
+    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels % 8 for m in model.modules())
+
+
 FROZEN_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
 
 

@@ -22,7 +22,7 @@ from lps.data.augment import Augmenter
 from lps.data.datasets import load_dataset
 from lps.data.splits import subsample_per_class
 from lps.errors import LPSError
-from lps.models import build_backbone, resolve_arch
+from lps.models import build_backbone, resolve_arch, use_channels_last
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
 from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, git_commit,
                        hardware_info, library_versions, make_generator, plain_json, remove_stale_tmp, run_lock,
@@ -73,7 +73,8 @@ def pretrain(cfg: Config) -> Path:
     seed_everything(derive_seed(p.seed, "pretrain-init"))
     arch = resolve_arch(cfg.model.arch, data.kind)
     model = SimCLRModel(build_backbone(arch, data.channels, cfg.model.width, cfg.model.stem_stride), p.proj_dim).to(device)
-    if cfg.train.channels_last:
+    channels_last = use_channels_last(model, device, cfg.train.channels_last)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     base_lr = p.lr * p.batch_size / 256
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -132,7 +133,7 @@ def pretrain(cfg: Config) -> Path:
             total = 0.0
             for x, sizes in images.batches(index_batches, device):
                 v1, v2 = augmenter.simclr(x, g_aug, sizes), augmenter.simclr(x, g_aug, sizes)
-                if cfg.train.channels_last:
+                if channels_last:
                     v1 = v1.contiguous(memory_format=torch.channels_last)
                     v2 = v2.contiguous(memory_format=torch.channels_last)
                 with autocast(device, p.precision):

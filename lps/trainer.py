@@ -50,7 +50,8 @@ from lps.data.splits import OpenWorldSplit, open_world_split
 from lps.errors import LPSError
 from lps.evaluation import openssl_metrics
 from lps.methods import METHODS, Batch, Method, MethodContext
-from lps.models import OpenWorldModel, apply_freeze, build_backbone, load_backbone_state, resolve_arch
+from lps.models import (OpenWorldModel, apply_freeze, build_backbone, load_backbone_state, resolve_arch,
+                        use_channels_last)
 from lps.results import make_result_row, read_result_row, write_result
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
 from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, device_label,
@@ -166,32 +167,35 @@ def embed(model: torch.nn.Module, source, idx: np.ndarray, transform: Callable, 
 
 def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit, test_idx: np.ndarray,
                   augmenter: Augmenter, device, cfg: Config, final: bool = True,
-                  with_test: bool = True) -> tuple[dict, torch.Tensor]:
+                  with_test: bool = True, channels_last: bool | None = None) -> tuple[dict, torch.Tensor]:
     """Metrics on the unlabeled training images (the paper's transductive protocol) and, with
     ``with_test``, on the held-out test split (``test_`` prefix). Also returns the unlabeled softmax
-    outputs. ``final``: the evaluation reported in result.parquet (``Method.final_evaluation``)."""
+    outputs. ``final``: the evaluation reported in result.parquet (``Method.final_evaluation``).
+    ``channels_last``: the model's memory format (default ``train.channels_last``)."""
     method.final_evaluation = final
+    cl = cfg.train.channels_last if channels_last is None else channels_last
     try:
-        return _evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg, with_test)
+        return _evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg, with_test, cl)
     finally:
         method.final_evaluation = False
 
 
 def _evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit, test_idx: np.ndarray,
-                   augmenter: Augmenter, device, cfg: Config, with_test: bool) -> tuple[dict, torch.Tensor]:
+                   augmenter: Augmenter, device, cfg: Config, with_test: bool,
+                   channels_last: bool) -> tuple[dict, torch.Tensor]:
     out: dict = {}
     cache: dict = {}
 
     def labeled() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "lab" not in cache:
             zl, fl = embed(model, data.train, split.labeled_idx, augmenter.test, device, cfg.train.eval_batch_size,
-                           cfg.train.precision, cfg.train.channels_last)
+                           cfg.train.precision, channels_last)
             cache["lab"] = (zl, fl, torch.as_tensor(data.train_y[split.labeled_idx]))
         return cache["lab"]
 
     method.before_evaluation(labeled)
     z, f = embed(model, data.train, split.unlabeled_idx, augmenter.test, device, cfg.train.eval_batch_size,
-                 cfg.train.precision, cfg.train.channels_last)
+                 cfg.train.precision, channels_last)
     y = data.train_y[split.unlabeled_idx]
     out.update(openssl_metrics(y, method.predict(z, f), split.n_seen))
     probs = F.softmax(z, 1)
@@ -203,7 +207,7 @@ def _evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit
     out["pi_hat"] = [round(float(v), 5) for v in pi_hat]
     if with_test and len(test_idx):
         zt, ft = embed(model, data.test, test_idx, augmenter.test, device, cfg.train.eval_batch_size,
-                       cfg.train.precision, cfg.train.channels_last)
+                       cfg.train.precision, channels_last)
         m = openssl_metrics(data.test_y[test_idx], method.predict(zt, ft), split.n_seen)
         out.update({f"test_{k}": v for k, v in m.items()})
     return out, probs
@@ -395,7 +399,8 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     method.fuse_views = cfg.train.fuse_views
     model.to(device)
     method.to(device)
-    if cfg.train.channels_last:
+    channels_last = use_channels_last(model, device, cfg.train.channels_last)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     params_to_train = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = make_optimizer(params_to_train, cfg, device)
@@ -472,7 +477,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 for idx, (x, sizes) in zip(index_batches, train_images.batches(index_batches, device)):
                     y_lb = torch.as_tensor(data.train_y[idx[:b_lab].numpy()], device=device)
                     views = [view_fns[v](x, g_aug, sizes) for v in method_cls.views]
-                    if cfg.train.channels_last:
+                    if channels_last:
                         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                     batch = Batch(views=views, y_lb=y_lb, n_lb=b_lab, idx=idx.to(device), generator=g_aug)
                     try:
@@ -495,7 +500,8 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                     every = cfg.train.eval_test_every
                     metrics, unlabeled_probs = evaluate_sets(model, method, data, split, test_idx, augmenter, device,
                                                              cfg, final=last,
-                                                             with_test=last or (every > 0 and (epoch + 1) % every == 0))
+                                                             with_test=last or (every > 0 and (epoch + 1) % every == 0),
+                                                             channels_last=channels_last)
                     record.update(metrics)
                 record["epoch_time_s"] = time.time() - t_epoch
                 record = plain_json(record)  # as read back from metrics.jsonl
@@ -512,7 +518,8 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
             progress.close()
 
         if not method_cls.trains or "acc_all" not in last_metrics:
-            last_metrics, _ = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg)
+            last_metrics, _ = evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg,
+                                            channels_last=channels_last)
         row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history_at_start),
                               device=device_label(device), git=info["git_commit"], libs=info["libraries"],
                               n_seen=split.n_seen)
