@@ -82,7 +82,7 @@ class Workload:
         cl = use_channels_last(model, CPU, switches["channels_last"])  # as the trainer decides
         if switches["channels_last"] and not cl:
             print("# channels_last not applied: a strided 1x1 convolution has input channels that are not a "
-                  "multiple of 8 (lps.models.use_channels_last)", flush=True)
+                  "multiple of 16 (lps.models.use_channels_last)", flush=True)
         if cl:
             model.to(memory_format=torch.channels_last)
         return model, cl
