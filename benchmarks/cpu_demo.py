@@ -83,8 +83,6 @@ class Workload:
         if switches["channels_last"] and not cl:
             print("# channels_last not applied: a strided 1x1 convolution has input channels that are not a "
                   "multiple of 16 (lps.models.use_channels_last)", flush=True)
-        if cl:
-            model.to(memory_format=torch.channels_last)
         return model, cl
 
     def train_fn(self, switches: dict):

@@ -129,17 +129,20 @@ def build_backbone(arch: str, in_channels: int, width: int = 64, stem_stride: in
 
 
 def use_channels_last(model: nn.Module, device: torch.device, wanted: bool) -> bool:
-    """Whether to run ``model`` in channels_last (``train.channels_last``). On the CPU, oneDNN's
+    """Convert ``model`` to channels_last where that is ``wanted`` (``train.channels_last``) and safe;
+    return whether it was, i.e. the memory format its inputs must take. On the CPU, oneDNN's
     backward of a strided 1x1 convolution in channels_last with fewer input channels than its block
     (8 on AVX2, 16 on AVX-512) writes past its workspace: segfaults, aborts, hangs or silently wrong
     weight gradients (oneDNN issue 6035; measured with torch 2.14.1 on an AVX2 CPU for 2, 4 and 6
     channels, none for 8 and 16). A model with such a convolution whose input channels are not a
     multiple of 16 (CIFAR ResNet-18 at widths that are not multiples of 16) stays in the default
     format on the CPU: correct, ~1.2x slower there."""
-    if not wanted or device.type != "cpu":
-        return wanted
-    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
-                   and m.in_channels % 16 for m in model.modules())
+    ok = wanted and (device.type != "cpu" or not any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels % 16
+        for m in model.modules()))
+    if ok:
+        model.to(memory_format=torch.channels_last)
+    return ok
 
 
 FROZEN_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")

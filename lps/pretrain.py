@@ -74,8 +74,6 @@ def pretrain(cfg: Config) -> Path:
     arch = resolve_arch(cfg.model.arch, data.kind)
     model = SimCLRModel(build_backbone(arch, data.channels, cfg.model.width, cfg.model.stem_stride), p.proj_dim).to(device)
     channels_last = use_channels_last(model, device, cfg.train.channels_last)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     base_lr = p.lr * p.batch_size / 256
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=p.momentum, weight_decay=p.weight_decay, **fused)

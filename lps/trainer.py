@@ -167,15 +167,14 @@ def embed(model: torch.nn.Module, source, idx: np.ndarray, transform: Callable, 
 
 def evaluate_sets(model, method: Method, data: ImageData, split: OpenWorldSplit, test_idx: np.ndarray,
                   augmenter: Augmenter, device, cfg: Config, final: bool = True,
-                  with_test: bool = True, channels_last: bool | None = None) -> tuple[dict, torch.Tensor]:
+                  with_test: bool = True, *, channels_last: bool) -> tuple[dict, torch.Tensor]:
     """Metrics on the unlabeled training images (the paper's transductive protocol) and, with
     ``with_test``, on the held-out test split (``test_`` prefix). Also returns the unlabeled softmax
     outputs. ``final``: the evaluation reported in result.parquet (``Method.final_evaluation``).
-    ``channels_last``: the model's memory format (default ``train.channels_last``)."""
+    ``channels_last``: the model's memory format (what ``use_channels_last`` returned)."""
     method.final_evaluation = final
-    cl = cfg.train.channels_last if channels_last is None else channels_last
     try:
-        return _evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg, with_test, cl)
+        return _evaluate_sets(model, method, data, split, test_idx, augmenter, device, cfg, with_test, channels_last)
     finally:
         method.final_evaluation = False
 
@@ -400,8 +399,6 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     model.to(device)
     method.to(device)
     channels_last = use_channels_last(model, device, cfg.train.channels_last)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     params_to_train = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
     optimizer = make_optimizer(params_to_train, cfg, device)
     augmenter = Augmenter(data.kind, data.image_size, data.mean, data.std)
