@@ -37,10 +37,11 @@ from lps import losses  # noqa: E402
 from lps.config import build_config  # noqa: E402
 from lps.data.augment import Augmenter  # noqa: E402
 from lps.methods import METHODS, Batch, MethodContext  # noqa: E402
-from lps.models import apply_freeze, build_backbone, resolve_arch, use_channels_last  # noqa: E402
-from lps.pretrain import SimCLRModel  # noqa: E402
-from lps.trainer import batch_sizes, build_model, embed, epoch_index_batches, make_optimizer, optimization_step, \
-    prepare_data  # noqa: E402
+from lps.batching import batch_sizes, epoch_index_batches  # noqa: E402
+from lps.data import prepare_data  # noqa: E402
+from lps.models import SimCLRModel, apply_freeze, build_backbone, build_model, embed, resolve_arch, \
+    use_channels_last  # noqa: E402
+from lps.optim import make_optimizer, optimization_step  # noqa: E402
 from lps.utils import library_versions  # noqa: E402
 
 VARIANTS = {"nchw": {"channels_last": False, "stem_stride": 1},
@@ -76,7 +77,8 @@ class Workload:
             model = SimCLRModel(backbone, self.cfg.pretrain.proj_dim)
         else:
             self.cfg.model.stem_stride = switches["stem_stride"]
-            model = build_model(self.cfg, self.data)
+            m, d = self.cfg.model, self.data
+            model = build_model(m.arch, d.kind, d.channels, d.num_classes, m.width, m.stem_stride, m.head_scale)
             apply_freeze(model, self.cfg.model.freeze)
             self.ctx.feat_dim = model.backbone.out_dim
         cl = use_channels_last(model, CPU, switches["channels_last"])  # as the trainer decides
@@ -89,7 +91,7 @@ class Workload:
         model, cl = self._model(switches)
         cls = METHODS.get("lps")
         method = cls(cls.Params(**{k: v for k, v in self.cfg.method.items() if k != "name"}), self.ctx)
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], self.cfg, CPU)
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], self.cfg.optim, CPU)
         g = torch.Generator().manual_seed(1)
         state = {"i": 0}
 

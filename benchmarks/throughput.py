@@ -69,7 +69,9 @@ from lps.methods.base import Batch, MethodContext  # noqa: E402
 from lps.methods.lps import LPS, LPSParams  # noqa: E402
 from lps.models import OpenWorldModel, apply_freeze, build_backbone  # noqa: E402
 from lps.runtime import autocast, setup_runtime  # noqa: E402
-from lps.trainer import batch_sizes, embed, epoch_index_batches, make_optimizer, optimization_step  # noqa: E402
+from lps.batching import batch_sizes, epoch_index_batches  # noqa: E402
+from lps.models import embed  # noqa: E402
+from lps.optim import make_optimizer, optimization_step  # noqa: E402
 from lps.utils import git_commit, library_versions  # noqa: E402
 
 NUM_CLASSES, N_SEEN = 100, 50  # CIFAR-100 and ImageNet-100, half the classes seen
@@ -398,7 +400,7 @@ def run_workload(w: Workload, args, device: torch.device) -> dict:
         method.fuse_views = args.fuse_views
         cfg = Config()
         cfg.optim.weight_decay = w.weight_decay
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg, device)
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim, device)
         forward_model = torch.compile(model) if args.compile else model
         idx_iter = w.index_batches(args.seed)
         g = torch.Generator(device=device).manual_seed(args.seed)

@@ -393,16 +393,3 @@ def validate_config(cfg: Config) -> None:
 
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def check_range(obj: Any, name: str, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise an LPSError naming ``method.<name>`` when a hyperparameter is out of range."""
-    v = getattr(obj, name)
-    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or \
-          (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
-        raise LPSError(f"hyperparameter 'method.{name}' must be in {rng}, got {v}")

@@ -17,8 +17,9 @@ All values are fractions in ``[0, 1]``; a group with no samples gives ``nan``.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
+
+from lps.clustering import max_assignment
 
 __all__ = ["cluster_accuracy", "openssl_metrics"]
 
@@ -65,7 +66,7 @@ def cluster_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     n_true, n_pred = true_ids.size, pred_ids.size
     counts = np.bincount(true_idx.reshape(-1) * n_pred + pred_idx.reshape(-1), minlength=n_true * n_pred)
     contingency = counts.reshape(n_true, n_pred)
-    rows, cols = linear_sum_assignment(contingency, maximize=True)
+    rows, cols = max_assignment(contingency)
     return float(contingency[rows, cols].sum() / n)
 
 

@@ -171,7 +171,7 @@ def extract_features(run_dir: str | Path, max_points: int = 2000, seed: int = 0,
     from lps.config import build_config
     from lps.data.augment import Augmenter
     from lps.data.datasets import load_dataset
-    from lps.trainer import build_model, embed
+    from lps.models import build_model, embed
 
     run_dir = Path(run_dir)
     ckpt_file, cfg_file, split_file = run_dir / "checkpoint.pt", run_dir / "config.yaml", run_dir / "split.npz"
@@ -185,7 +185,8 @@ def extract_features(run_dir: str | Path, max_points: int = 2000, seed: int = 0,
     idx = np.asarray(split["unlabeled_idx"])
     if len(idx) > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_points, replace=False))
-    model = build_model(cfg, data)
+    m = cfg.model
+    model = build_model(m.arch, data.kind, data.channels, data.num_classes, m.width, m.stem_stride, m.head_scale)
     try:
         state = torch.load(ckpt_file, map_location="cpu", weights_only=True)["model"]
         model.load_state_dict(state)

@@ -130,14 +130,12 @@ def build(lps_args: list[str]):
 
 
 def expected_output(kind: str, lps_args: list[str]) -> Path:
+    from lps.identity import pretrain_dir, run_dir
+
     cfg = build(lps_args)
     if kind == "pretrain":
-        from lps.pretrain import pretrain_dir
-
         return pretrain_dir(cfg) / "backbone.pt"
-    from lps.trainer import run_id
-
-    return Path(cfg.output_dir) / run_id(cfg) / "result.parquet"
+    return run_dir(cfg) / "result.parquet"
 
 
 def run_name(kind: str, out: Path) -> str:

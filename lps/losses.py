@@ -429,3 +429,126 @@ def pairwise_bce_loss(prob_a: Tensor, prob_b_pos: Tensor, eps: float = 1e-7) -> 
     pos_sim = (_upcast(prob_a) * _upcast(prob_b_pos)).sum(1)  # [N]
     return -(pos_sim.clamp(eps, 1.0).log().mean()).to(prob_a.dtype)
 
+
+# --------------------------------------------------------------------------------------------
+# baselines' losses: soft cross-entropy and SupCon (OpenNCD, GCD), SSC's prototype SupCon
+# --------------------------------------------------------------------------------------------
+
+
+def soft_cross_entropy(target: Tensor, probs: Tensor, eps: float = 1e-8) -> Tensor:
+    """``mean_i sum_g -target_ig * log(probs_ig + eps)`` (OpenNCD's group-level term; both
+    arguments keep their gradient, as released). ``0`` connected to the graph for ``N == 0``."""
+    if target.shape[0] == 0:
+        return target.sum() * 0 + probs.sum() * 0
+    return (-target * torch.log(probs + eps)).sum(1).mean()
+
+
+def supervised_contrastive_loss(z_a: Tensor, z_b: Tensor, labels: Tensor, tau: float = 0.07,
+                                base_tau: float | None = None) -> Tensor:
+    """Supervised contrastive loss (SupCon, Khosla et al. 2020), as in GCD's released ``SupConLoss``.
+
+    The ``2M`` rows ``cat(z_a, z_b)`` are L2-normalised; for anchor ``i`` the positives ``P(i)``
+    are the other rows with the same label (the other view of the sample included) and ``A(i)``
+    all rows but ``i``:
+
+        ``l_i = -(tau / base_tau) * (1/|P(i)|) * sum_{p in P(i)} log( exp(s_ip/tau) / sum_{a in A(i)} exp(s_ia/tau) )``
+
+    and the loss is ``mean_i l_i`` over the ``2M`` anchors (mean of log-ratios, unlike LPS's
+    ``L_PC``). Every anchor has its other view as a positive.
+
+    Args:
+        z_a, z_b: ``[M, D]`` two views of the labeled rows.
+        labels: ``[M]`` labels.
+        tau: temperature (GCD: 0.07).
+        base_tau: ``None`` = ``tau`` (GCD: base temperature 0.07 = tau, factor 1).
+
+    Returns:
+        ``[]`` scalar; ``0`` connected to the graph when ``M == 0``.
+    """
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"z_a and z_b must both be [M, D], got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    m = z_a.shape[0]
+    if m == 0:
+        return z_a.sum() * 0 + z_b.sum() * 0
+    feats = F.normalize(torch.cat([z_a, z_b]).float(), dim=1)  # [2M, D]
+    sim = feats @ feats.T / tau
+    eye = torch.eye(2 * m, dtype=torch.bool, device=sim.device)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    lab2 = torch.cat([labels, labels]).to(sim.device)
+    positive = (lab2.unsqueeze(0) == lab2.unsqueeze(1)) & ~eye
+    mean_log_prob_pos = (log_prob * positive).sum(1) / positive.sum(1)
+    factor = tau / (tau if base_tau is None else base_tau)
+    return -(factor * mean_log_prob_pos).mean()
+
+
+def unique_unconfident_labels(pseudo_labels: Tensor, confident: Tensor, offset: int) -> Tensor:
+    """Labels for SSC's unified loss: a confident row keeps its pseudo-label, unconfident row ``i``
+    gets the unique label ``offset + i`` (SSC, Sec. 3.1: ``y_u_down``, labels shifted past the
+    ``K`` class labels), so its only positives are its own other views.
+
+    Args:
+        pseudo_labels: ``[N]`` integer pseudo-labels (``< offset``).
+        confident: ``[N]`` bool.
+        offset: the number of class labels (no class label may be ``>= offset``).
+
+    Returns:
+        ``[N]`` long labels.
+    """
+    if pseudo_labels.shape != confident.shape or pseudo_labels.dim() != 1:
+        raise ValueError(f"pseudo_labels and confident must both be [N], got {tuple(pseudo_labels.shape)} "
+                         f"and {tuple(confident.shape)}")
+    unique = offset + torch.arange(pseudo_labels.shape[0], device=pseudo_labels.device)
+    return torch.where(confident.bool(), pseudo_labels.long(), unique)
+
+
+def prototype_supcon_loss(emb: Tensor, labels: Tensor, prototypes: Tensor, proto_labels: Tensor,
+                          temperature: float) -> Tensor:
+    """SSC's unified semi-supervised contrastive loss (Gauffre et al. 2024, Sec. 3.1): the
+    supervised contrastive loss (SupCon, Khosla et al. 2020, ``L_out``) over the concatenation of
+    sample embeddings and class prototypes.
+
+    Rows ``Z = [normalize(emb); normalize(prototypes)]`` with labels ``[labels; proto_labels]``
+    (labeled rows: true labels; confident unlabeled rows: pseudo-labels; unconfident rows: a
+    unique label per sample shared by its views, see :func:`unique_unconfident_labels`). With
+    ``s_ia = <z_i, z_a> / T``, ``A(i)`` every row but ``i`` and ``P(i)`` the rows of ``A(i)`` with
+    the label of ``i``:
+
+        ``l_i = -1/|P(i)| * sum_{p in P(i)} log( exp(s_ip) / sum_{a in A(i)} exp(s_ia) )``
+
+    averaged over the anchors with ``|P(i)| >= 1`` (prototypes are anchors too, which is how they
+    are trained; a row without positive only serves as a negative). A class prototype is a
+    positive of every sample of its class, which recovers the cross-entropy of a cosine
+    classifier (SSC Sec. 3.3).
+
+    Args:
+        emb: ``[N, D]`` embeddings (not necessarily normalised).
+        labels: ``[N]`` integer labels.
+        prototypes: ``[C, D]`` class prototypes.
+        proto_labels: ``[C]`` their labels.
+        temperature: ``T > 0``.
+
+    Returns:
+        ``[]`` scalar; ``0`` connected to the graph when no row has a positive.
+    """
+    if emb.dim() != 2 or prototypes.dim() != 2 or emb.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"emb [N, D] and prototypes [C, D] must share D, got {tuple(emb.shape)}, "
+                         f"{tuple(prototypes.shape)}")
+    if labels.shape != emb.shape[:1] or proto_labels.shape != prototypes.shape[:1]:
+        raise ValueError("labels must be [N] and proto_labels [C]")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = F.normalize(torch.cat([emb, prototypes.to(emb.dtype)]).float(), dim=1)
+    y = torch.cat([labels.long(), proto_labels.long().to(labels.device)])
+    n = z.shape[0]
+    sim = (z @ z.T) / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    positive = (y.unsqueeze(0) == y.unsqueeze(1)) & ~eye
+    n_pos = positive.sum(1)
+    anchors = n_pos > 0
+    if not anchors.any():
+        return emb.sum() * 0 + prototypes.sum() * 0
+    per_anchor = -(log_prob.masked_fill(~positive, 0.0).sum(1)[anchors]) / n_pos[anchors]
+    return per_anchor.mean().to(emb.dtype)

@@ -1,12 +1,16 @@
-"""Backbones (CIFAR ResNet-18 with a width multiplier, ResNet-50), the cosine classifier, freezing."""
+"""Backbones (CIFAR ResNet-18 with a width multiplier, ResNet-50), the cosine classifier, the OpenSSL and
+SimCLR models, freezing, memory format, and ``embed`` (a model's logits and features of a set of images)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lps.errors import LPSError
+from lps.runtime import autocast
 
 
 class BasicBlock(nn.Module):
@@ -128,6 +132,52 @@ def build_backbone(arch: str, in_channels: int, width: int = 64, stem_stride: in
     raise LPSError(f"unknown architecture {arch!r} (resnet18_cifar, resnet50)")
 
 
+def build_model(arch: str, dataset_kind: str, in_channels: int, num_classes: int, width: int = 64,
+                stem_stride: int = 1, head_scale: float = 10.0) -> OpenWorldModel:
+    """The OpenSSL model of a run: backbone (``arch`` "auto" picks by ``dataset_kind``) + cosine head
+    over all classes."""
+    backbone = build_backbone(resolve_arch(arch, dataset_kind), in_channels, width, stem_stride)
+    return OpenWorldModel(backbone, num_classes, head_scale)
+
+
+class SimCLRModel(nn.Module):
+    """Backbone + SimCLR's MLP projector (Linear, BN, ReLU, Linear to ``proj_dim``)."""
+
+    def __init__(self, backbone: nn.Module, proj_dim: int):
+        super().__init__()
+        d = backbone.out_dim
+        self.backbone = backbone
+        self.projector = nn.Sequential(nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True),
+                                       nn.Linear(d, proj_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+@torch.no_grad()
+def embed(model: nn.Module, source, idx, transform: Callable, device: torch.device, batch_size: int,
+          precision: str, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and backbone features (float32, CPU) of the images ``idx`` of ``source`` (an image store
+    with ``batches``) with ``transform`` (the test transform), in eval mode; ``channels_last``: inputs
+    in that memory format, for a model converted to it (what ``use_channels_last`` returned)."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    chunks = [torch.as_tensor(idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    for x, sizes in source.batches(chunks, device):
+        v = transform(x, sizes)
+        if channels_last:
+            v = v.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            z, f = model(v)
+        logits.append(z.float().cpu())
+        feats.append(f.float().cpu())
+    model.train(was_training)
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, 0)
+    return torch.cat(logits), torch.cat(feats)
+
+
 def use_channels_last(model: nn.Module, device: torch.device, wanted: bool) -> bool:
     """Convert ``model`` to channels_last where that is ``wanted`` (``train.channels_last``) and safe;
     return whether it was, i.e. the memory format its inputs must take. On the CPU, oneDNN's
@@ -194,3 +244,28 @@ def load_backbone_state(backbone: nn.Module, state: dict, source: str, strict: b
                        "(wrong architecture? set model.init_strict=false to load it anyway)")
     backbone.load_state_dict({k: v for k, v in clean.items() if k in own}, strict=False)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def load_init(model: OpenWorldModel, init: str, strict: bool) -> dict:
+    """Load the backbone a run starts from (``lps.identity.resolve_init``; "scratch" keeps the random
+    init). Returns the init report for ``run_info.json``."""
+    if init == "scratch":
+        return {"source": "scratch", "missing": [], "unexpected": []}
+    from pathlib import Path
+
+    path = Path(init)
+    if not path.exists():
+        raise LPSError(f"backbone checkpoint {init} does not exist; run `lps pretrain` with the same config "
+                       "first, pass --init FILE, or use --init scratch")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise LPSError(f"cannot read backbone checkpoint {init}: {type(e).__name__}: {e} "
+                       "(corrupt file? delete it and pretrain again)") from None
+    report = load_backbone_state(model.backbone, state, str(path), strict=strict)
+    if report["missing"] or report["unexpected"]:
+        import sys
+
+        print(f"[lps] init from {path}: {len(report['missing'])} missing keys {report['missing'][:5]}, "
+              f"{len(report['unexpected'])} unexpected keys {report['unexpected'][:5]}", file=sys.stderr)
+    return {"source": str(path), **report}

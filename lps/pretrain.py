@@ -8,52 +8,24 @@ One pretraining serves every run on the same dataset and architecture. Its folde
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from lps import losses
-from lps.config import Config, config_to_yaml, to_dict
+from lps.config import Config, config_to_yaml
 from lps.data.augment import Augmenter
 from lps.data.datasets import load_dataset
 from lps.data.splits import subsample_per_class
 from lps.errors import LPSError
-from lps.models import build_backbone, resolve_arch, use_channels_last
+from lps.identity import pretrain_dir, pretrain_identity
+from lps.models import SimCLRModel, build_backbone, resolve_arch, use_channels_last
+from lps.run_folder import RunFolder
 from lps.runtime import autocast, cosine_factor, resolve_device, setup_runtime
-from lps.utils import (append_jsonl, atomic_torch_save, atomic_write_text, derive_seed, git_commit,
-                       hardware_info, library_versions, make_generator, plain_json, remove_stale_tmp, run_lock,
-                       seed_everything, stable_hash, write_jsonl)
-
-
-def pretrain_identity(cfg: Config) -> dict:
-    p = {k: v for k, v in to_dict(cfg.pretrain).items() if k != "checkpoint"}
-    ident = {"dataset": cfg.data.dataset, "arch": cfg.model.arch, "width": cfg.model.width,
-             "stem_stride": cfg.model.stem_stride, "pretrain": p,
-             "max_train_per_class": cfg.data.max_train_per_class}
-    if cfg.data.max_train_per_class > 0:
-        ident["split_seed"] = cfg.data.split_seed  # the subsample depends on it
-    return ident
-
-
-def pretrain_dir(cfg: Config) -> Path:
-    name = f"simclr-{cfg.data.dataset}-{stable_hash(pretrain_identity(cfg))}"
-    return Path(cfg.output_dir).parent / "pretrain" / name
-
-
-class SimCLRModel(nn.Module):
-    def __init__(self, backbone: nn.Module, proj_dim: int):
-        super().__init__()
-        d = backbone.out_dim
-        self.backbone = backbone
-        self.projector = nn.Sequential(nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True),
-                                       nn.Linear(d, proj_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
+from lps.utils import atomic_torch_save, derive_seed, git_commit, hardware_info, library_versions, make_generator, \
+    seed_everything, stable_hash
 
 
 def pretrain(cfg: Config) -> Path:
@@ -84,38 +56,22 @@ def pretrain(cfg: Config) -> Path:
     if p.max_steps_per_epoch > 0:
         steps = min(steps, p.max_steps_per_epoch)
 
-    with run_lock(out_dir, "pretraining"):
+    folder = RunFolder(out_dir, stable_hash(pretrain_identity(cfg)), "pretraining", "pretraining")
+    with folder.lock():
         if final.exists():  # finished by another process meanwhile
             return final
-        for name in remove_stale_tmp(out_dir):
-            print(f"[lps] pretraining: removed {name} (left by a kill during a write)", flush=True)
-        ckpt_file = out_dir / "checkpoint.pt"
-        ident = stable_hash(pretrain_identity(cfg))
-        start, history = 0, []
-        if ckpt_file.exists():
+        resumed = folder.open(config_to_yaml(cfg), required=("epoch", "model", "optimizer", "identity"))
+        start = resumed.epoch
+        if resumed.checkpoint is not None:
             try:
-                ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-                if ckpt.get("identity") != ident:
-                    raise LPSError(f"{ckpt_file} belongs to another pretraining config; delete {out_dir}")
-                model.load_state_dict(ckpt["model"])
-                opt.load_state_dict(ckpt["optimizer"])
-                start = ckpt["epoch"]
-                history = list(ckpt.get("history", []))
-                if len(history) != start:
-                    raise LPSError(f"{ckpt_file} has no metrics history (written by an older lps?); delete {out_dir}")
-            except LPSError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise LPSError(f"pretraining checkpoint {ckpt_file} is corrupt ({e}); delete it to start over") from None
-            print(f"[lps] resuming SimCLR pretraining from epoch {start}", flush=True)
-        else:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out_dir / "config.yaml", config_to_yaml(cfg))
-        atomic_write_text(out_dir / "run_info.json", json.dumps({
+                model.load_state_dict(resumed.checkpoint["model"])
+                opt.load_state_dict(resumed.checkpoint["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise LPSError(f"pretraining checkpoint {folder.checkpoint_file} does not match this model: {e}; "
+                               "delete it") from None
+        folder.write_info({
             "git_commit": git_commit(), "libraries": library_versions(), "hardware": hardware_info(device),
-            "command": sys.argv, "n_images": len(pool), "steps_per_epoch": steps, "arch": arch}, indent=2))
-        # the checkpoint is the commit point of an epoch: metrics.jsonl is rebuilt from its history
-        write_jsonl(out_dir / "metrics.jsonl", history)
+            "command": sys.argv, "n_images": len(pool), "steps_per_epoch": steps, "arch": arch})
 
         model.train()
         for epoch in range(start, p.epochs):
@@ -145,11 +101,7 @@ def pretrain(cfg: Config) -> Path:
             dt = time.time() - t0
             rec = {"epoch": epoch, "lr": lr, "loss": total / max(steps, 1), "images_per_s": steps * batch_size / dt,
                    "epoch_time_s": dt}
-            rec = plain_json(rec)
-            append_jsonl(out_dir / "metrics.jsonl", rec)  # durable before the commit point
-            history.append(rec)
-            atomic_torch_save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "identity": ident, "history": history}, ckpt_file)  # commit point of the epoch
+            rec = folder.commit_epoch(rec, {"model": model.state_dict(), "optimizer": opt.state_dict()})
             if cfg.train.progress != "none":
                 print(f"[lps] simclr epoch {epoch + 1}/{p.epochs} | loss {rec['loss']:.4f} | "
                       f"{rec['images_per_s']:.0f} img/s", flush=True)

@@ -3,7 +3,7 @@
 Columns (types are enforced by ``RESULT_SCHEMA``):
 
 ==================  ========  ===========================================================
-run_id              string    hash-derived id of the resolved config (``lps.trainer.run_id``)
+run_id              string    hash-derived id of the resolved config (``lps.identity.run_id``)
 method              string    registry name (``lps``, ``orca``, ...)
 dataset             string    ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagenet100``
 seen_class_ratio    float64   fraction of classes that are seen

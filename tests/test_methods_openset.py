@@ -10,21 +10,14 @@ import torch.nn.functional as F
 
 from lps.config import build_config
 from lps.errors import LPSError
+from lps.clustering import hungarian_cluster_to_class, reject_and_cluster
+from lps.losses import prototype_supcon_loss, unique_unconfident_labels
 from lps.methods import METHODS, Batch, MethodContext
-from lps.methods.common_openset import (
-    HistoryMean,
-    IndexSlots,
-    distribution_alignment,
-    hungarian_cluster_to_class,
-    prototype_supcon_loss,
-    reject_and_cluster,
-    sigmoid_rampup,
-    unique_unconfident_labels,
-)
 from lps.methods.ds3l import head_directional_derivative, meta_surrogate, pi_model_consistency
 from lps.methods.dtc import student_t_assignment, target_distribution
 from lps.methods.rankstats import pairwise_bce_with_labels, ranking_pair_labels
 from lps.methods.sscl import calibrated_pseudo_labels, pick_random, sscl_contrastive_loss
+from lps.methods.tracking import HistoryMean, IndexSlots, distribution_alignment, sigmoid_rampup
 from lps.models import CifarResNet18, OpenWorldModel
 
 NEW = ["fixmatch", "ds3l", "dtc", "rankstats", "ssc", "sscl"]
@@ -262,7 +255,7 @@ def test_simclr_kmeans_seen_accuracy_on_mapped_ids():
     mapped to the seen classes through the labeled images score 100 %; novel and all accuracy
     (Hungarian matched) are the same either way."""
     from lps.evaluation import openssl_metrics
-    from lps.methods.simclr_kmeans import kmeans_predict, map_clusters_to_seen
+    from lps.clustering import kmeans_predict, map_clusters_to_seen
 
     g = torch.Generator().manual_seed(0)
     centres = torch.eye(8)[:4] * 10
@@ -525,3 +518,19 @@ def test_training_step_under_bf16_autocast(name):
             out = method.training_step(model, batch_for(cls, seed=s))
         assert torch.isfinite(out["loss"])
         out["loss"].backward()
+
+
+def test_map_with_leftovers_hand_cases():
+    from lps.clustering import map_with_leftovers, max_assignment
+
+    # 4 clusters, 2 classes: cluster 2 holds class 0, cluster 0 class 1; clusters 1, 3 are leftovers
+    counts = np.array([[1, 5], [0, 0], [7, 1], [2, 2]])
+    assert map_with_leftovers(counts).tolist() == [1, 2, 0, 3]
+    rows, cols = max_assignment(counts)
+    assert int(counts[rows, cols].sum()) == 12  # 7 + 5
+    # square: a permutation that maximises the trace
+    assert map_with_leftovers(np.array([[0, 3], [4, 0]])).tolist() == [1, 0]
+    # no class column: every cluster keeps its id
+    assert map_with_leftovers(np.zeros((3, 0))).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="cannot match 3 classes to 2 clusters"):
+        map_with_leftovers(np.zeros((2, 3)))

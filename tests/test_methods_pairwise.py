@@ -1,4 +1,4 @@
-"""ORCA, NACH, OpenNCD, GCD and their shared pieces (lps/methods/common_pairwise.py).
+"""ORCA, NACH, OpenNCD, GCD and their shared pieces (lps/methods/pairing.py, heads.py, lps/clustering.py, lps/losses.py).
 
 Every loss and rule is checked against a hand-computed case or an independent float64 loop
 written from the formula in REFERENCE.md / the released code, including edge cases (empty
@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from lps.config import build_config
 from lps.errors import LPSError
 from lps.methods import METHODS, Batch, MethodContext
-from lps.methods.common_pairwise import (accept_neighbours, cosine_similarity_matrix, freeze_classifier_head,
-                                         group_prior, group_probabilities, labeled_partners, nearest_neighbours,
-                                         pair_partners, prototype_probabilities, semi_supervised_kmeans,
-                                         soft_cross_entropy, supervised_contrastive_loss)
+from lps.clustering import semi_supervised_kmeans
+from lps.losses import soft_cross_entropy, supervised_contrastive_loss
+from lps.methods.heads import freeze_classifier_head, group_prior, group_probabilities, prototype_probabilities
+from lps.methods.pairing import accept_neighbours, cosine_similarity_matrix, labeled_partners, nearest_neighbours, \
+    pair_partners
 from lps.methods.nach import distribution_alignment_loss, novel_threshold, seen_novel_gap
 from lps.methods.openncd import (cooccurrence_graph, match_groups_to_classes, prototype_affinity, spectral_groups)
 from lps.methods.orca import mean_uncertainty
@@ -758,7 +759,7 @@ def test_openncd_graph_defaults_follow_class_count():
 
 
 def test_d2_seeding_never_draws_points_on_existing_centres():
-    from lps.methods.common_pairwise import _d2_seeding
+    from lps.clustering import _d2_seeding
 
     x = torch.tensor([[0.0, 0], [0, 0], [1, 0], [0, 1], [5, 5]])
     rng = np.random.RandomState(0)

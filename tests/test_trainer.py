@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+from lps.batching import batch_sizes, epoch_index_batches
 from lps.config import build_config
 from lps.errors import LPSError
+from lps.identity import run_id
 from lps.results import RESULT_SCHEMA
-from lps.trainer import batch_sizes, epoch_index_batches, run_id, train
+from lps.trainer import train
 
 from conftest import needs_fmnist, tiny_overrides
 
@@ -22,7 +24,7 @@ METRIC_COLS = ["acc_seen", "acc_novel", "acc_all", "nmi_novel", "test_acc_seen",
 
 
 def steps_per_epoch(cfg) -> int:
-    from lps.trainer import prepare_data
+    from lps.data import prepare_data
 
     _, split, _ = prepare_data(cfg)
     return batch_sizes(len(split.labeled_idx), len(split.unlabeled_idx), cfg.optim.batch_size)[2]
@@ -230,3 +232,20 @@ def test_test_split_evaluated_at_the_last_epoch_or_every_n(tmp_path, every):
     assert all("acc_all" in r for r in lines)
     assert has_test == ([False, False, True] if every == 0 else [True, True, True])
     assert row["test_acc_all"] == lines[-1]["test_acc_all"]
+
+
+def test_run_and_pretraining_ids_are_pinned():
+    """The ids name folders that users already have on disk: a change of the hashing, of the key set
+    or of a default shows here (update the pins only with a note that old runs are retrained)."""
+    from pathlib import Path
+
+    from lps.identity import identity_diff, pretrain_dir
+
+    ov = ["data.max_train_per_class=40", "data.max_test_per_class=20", "optim.epochs=2", "pretrain.epochs=1",
+          "output_dir=/x/runs", "train.threads=1", "train.progress=none"]
+    cfg = build_config(["demo"], ov + ["method=lps"])
+    assert run_id(cfg) == "lps-fashion_mnist-seed0-c52551539b"
+    assert pretrain_dir(cfg) == Path("/x/pretrain/simclr-fashion_mnist-94e78546ea")
+    assert run_id(build_config(["demo"], ov + ["method=fixmatch"])) == "fixmatch-fashion_mnist-seed0-96065822ad"
+    other = build_config(["demo"], ov + ["method=lps", "method.margin_C=5", "train.threads=2"])
+    assert identity_diff(cfg, other) == ["method"]  # threads are not scientific

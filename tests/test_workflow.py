@@ -224,8 +224,7 @@ def test_demo_set_is_the_first_commands_second_half(tmp_path):
     `lps demo`'s two runs, so the first command pretrains once and trains those two once."""
     from lps.config import build_config
     from lps.methods import METHODS
-    from lps.pretrain import pretrain_dir
-    from lps.trainer import run_id
+    from lps.identity import pretrain_dir, run_id
 
     data = load_set("demo")
     assert data["base_config"] == "demo" and not data.get("defaults")
@@ -247,8 +246,7 @@ def test_base_config_shares_lps_demo_pretraining(tmp_path):
     SimCLR pretraining `lps demo` writes (same folder, so the first command pretrains once), and its
     LPS run is `lps demo`'s when the set changes nothing else."""
     from lps.config import build_config
-    from lps.pretrain import pretrain_dir
-    from lps.trainer import run_id
+    from lps.identity import pretrain_dir, run_id
 
     s = {"base_config": "demo", "seeds": [0], "defaults": {},
          "datasets": {"fashion_mnist": {"label": "Fashion-MNIST"}},

@@ -11,12 +11,13 @@ a restart (ORCA's uncertainty, NACH's margin, ...) lives in buffers: the trainer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from lps.errors import LPSError
 from lps.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -117,3 +118,17 @@ class Method(nn.Module):
             logits.append(z)
             feats.append(f)
         return logits, feats
+
+
+def check_range(obj: Any, name: str, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise an LPSError naming ``method.<name>`` when a hyperparameter is out of range (for a method's
+    ``Params.validate``)."""
+    v = getattr(obj, name)
+    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or \
+          (hi is not None and (v >= hi if hi_open else v > hi))
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+        raise LPSError(f"hyperparameter 'method.{name}' must be in {rng}, got {v}")

@@ -49,28 +49,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch
-from lps.methods.common_openset import SeenClassifierMethod
+from lps.methods.base import METHODS, Batch, check_range
+from lps.methods.open_world import RejectionParams, SeenClassifierMethod
 
 
 @dataclass
-class DS3LParams:
+class DS3LParams(RejectionParams):
     w_max: float = 10.0  # maximum SSL-loss coefficient; released train.py (coef = 10.0 * exp(...))
     rampup_fraction: float = 1.0  # ramp length / run length; released code: warmup = iterations = 200000
     meta_weight: float = 1.0  # scale of the normalised meta-gradient of the weight net; project choice (the
     #                           released code's Adam for the weight net is scale-free, see the docstring)
     hidden: int = 100  # hidden width of the weight network; released code WNet(n_class, 100, 1)
-    reject_threshold: float = 0.95  # evaluation: below it a sample is novel; FixMatch's tau (LPS paper Sec. 5.1)
-    kmeans_n_init: int = 10  # k-means restarts for the rejected samples; scikit-learn's classic default
 
     def validate(self) -> None:
+        super().validate()
         check_range(self, "w_max", lo=0)
         check_range(self, "rampup_fraction", lo=0)
         check_range(self, "meta_weight", lo=0)
         check_range(self, "hidden", lo=1)
-        check_range(self, "reject_threshold", lo=0, hi=1)
-        check_range(self, "kmeans_n_init", lo=1)
 
 
 def pi_model_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

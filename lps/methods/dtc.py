@@ -19,7 +19,7 @@ a cluster; seen accuracy after Hungarian matching of clusters to seen classes).
 
 Reductions as released: ``F.kl_div`` and ``F.mse_loss`` with the default ``mean`` over all
 elements. The per-sample memories (latest assignment, ensemble, target) live in buffers, indexed
-through :class:`lps.methods.common_openset.IndexSlots`, so a checkpoint resumes exactly.
+through :class:`lps.methods.tracking.IndexSlots`, so a checkpoint resumes exactly.
 
 Open-world adaptation: DTC first trains the network on the labeled classes (supervised stage)
 and initialises the centres by k-means of the embeddings of the unlabeled set. In one joint run
@@ -39,9 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch
-from lps.methods.common_openset import ClusterMethod, IndexSlots, sigmoid_rampup
+from lps.methods.base import METHODS, Batch, check_range
+from lps.methods.open_world import ClusterMethod
+from lps.methods.tracking import IndexSlots, sigmoid_rampup
 
 
 @dataclass

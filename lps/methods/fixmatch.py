@@ -16,7 +16,7 @@ Total: ``L_s + lambda_u * L_u`` (FixMatch Eq. (5)).
 Open-world evaluation (``predict``): a sample whose seen-class confidence (max softmax over the
 seen logits) is below ``reject_threshold`` is treated as novel; the rejected samples' backbone
 features are clustered by k-means into the novel ids ``n_seen .. K-1``
-(:func:`lps.methods.common_openset.reject_and_cluster`).
+(:func:`lps.clustering.reject_and_cluster`).
 """
 
 from __future__ import annotations
@@ -26,24 +26,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch
-from lps.methods.common_openset import SeenClassifierMethod
+from lps.methods.base import METHODS, Batch, check_range
+from lps.methods.open_world import RejectionParams, SeenClassifierMethod
 
 
 @dataclass
-class FixMatchParams:
+class FixMatchParams(RejectionParams):
     threshold: float = 0.95  # pseudo-label confidence threshold tau; FixMatch paper Sec. 4 / Table 9
     lambda_u: float = 1.0  # weight of the unlabeled loss; FixMatch paper Sec. 4 (lambda_u = 1)
-    reject_threshold: float = 0.95  # evaluation: below it a sample is novel; = tau (LPS paper Sec. 5.1:
-    #                                 "samples without pseudo-labels" are novel)
-    kmeans_n_init: int = 10  # k-means restarts for the rejected samples; scikit-learn's classic default
 
     def validate(self) -> None:
+        super().validate()
         check_range(self, "threshold", lo=0, hi=1)
         check_range(self, "lambda_u", lo=0)
-        check_range(self, "reject_threshold", lo=0, hi=1)
-        check_range(self, "kmeans_n_init", lo=1)
 
 
 def seen_pseudo_labels(logits_weak: torch.Tensor, n_seen: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,9 +12,9 @@ released ``ColorJitter()`` has no arguments and is the identity, so its view is 
 - ``(1 - sup_con_weight) * InfoNCE(all rows, tau_unsup) + sup_con_weight * SupCon(labeled rows,
   tau_sup)``, ``sup_con_weight = 0.35``. InfoNCE is NT-Xent over the 2N views
   (:func:`lps.losses.unsupervised_contrastive_loss`), SupCon as released
-  (:func:`lps.methods.common_pairwise.supervised_contrastive_loss`).
+  (:func:`lps.losses.supervised_contrastive_loss`).
 
-Evaluation: semi-supervised k-means (:func:`lps.methods.common_pairwise.semi_supervised_kmeans`)
+Evaluation: semi-supervised k-means (:func:`lps.clustering.semi_supervised_kmeans`)
 on the L2-normalised *backbone* features of the labeled training images (fixed to their class;
 from :meth:`before_evaluation`) and the images being evaluated, with K = all classes. Seen class
 ``c`` is cluster ``c``, so seen accuracy needs no matching; novel clusters take the remaining ids.
@@ -31,7 +31,7 @@ Departures from the released code:
 - k-means is seeded (``kmeans_seed``); the released call passes ``random_state=None``. Empty
   clusters keep their centre (released: the mean of an empty set).
 - The model's cosine head is unused and frozen
-  (:func:`lps.methods.common_pairwise.freeze_classifier_head`); the trainer's ``pi_hat`` /
+  (:func:`lps.methods.heads.freeze_classifier_head`); the trainer's ``pi_hat`` /
   ``kl_pi_hat_pi`` metrics are therefore not meaningful for this method.
 - On the test split the same semi-supervised k-means runs on the labeled training images plus
   the test images.
@@ -53,9 +53,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lps import losses
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch, Method
-from lps.methods.common_pairwise import freeze_classifier_head, semi_supervised_kmeans, supervised_contrastive_loss
+from lps.clustering import kmeans_predict, semi_supervised_kmeans
+from lps.losses import supervised_contrastive_loss
+from lps.methods.base import METHODS, Batch, Method, check_range
+from lps.methods.heads import freeze_classifier_head
 
 
 @dataclass
@@ -158,8 +159,6 @@ class GCD(Method):
         if feats.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         if self._labeled is None:  # no labeled images given: plain k-means (scikit-learn)
-            from lps.methods.simclr_kmeans import kmeans_predict
-
             return kmeans_predict(feats, k, hp.kmeans_n_init, hp.kmeans_seed)
         _, l_feats, l_labels = self._labeled()
         dev = self.ctx.device

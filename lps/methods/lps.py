@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lps import losses
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch, Method
+from lps.methods.base import METHODS, Batch, Method, check_range
 
 
 @dataclass

@@ -14,7 +14,7 @@ views per row: v1, v2 weak, v3 strong.
 - pairwise BCE as ORCA (``softmax(z1)`` against ``softmax(z2)`` of the partner), but an
   unlabeled anchor's nearest neighbour is *accepted* only if its similarity is at least the
   ``neighbour_rank``-th largest similarity between that neighbour and the labeled rows
-  (:func:`lps.methods.common_pairwise.accept_neighbours`); a rejected anchor is paired with
+  (:func:`lps.methods.pairing.accept_neighbours`); a rejected anchor is paired with
   itself (its two views);
 - plain cross-entropy on the labeled rows of v1 (no margin);
 - distribution alignment: ``CE(z3 + log(pi_hat / u), pl)`` weighted by the mask and averaged over
@@ -57,9 +57,8 @@ import torch
 import torch.nn.functional as F
 
 from lps import losses
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch, Method
-from lps.methods.common_pairwise import accept_neighbours, pair_partners
+from lps.methods.base import METHODS, Batch, Method, check_range
+from lps.methods.pairing import accept_neighbours, pair_partners
 
 
 @dataclass

@@ -51,7 +51,7 @@ Departures from the released code:
   ``min_count`` (0 in the release: every prototype is kept) is not exposed.
 - The released ResNet detaches layer3's output; the project's ``model.freeze=layer4`` policy
   freezes the same layers. The model's cosine head is unused and frozen
-  (:func:`lps.methods.common_pairwise.freeze_classifier_head`); the trainer's ``pi_hat`` /
+  (:func:`lps.methods.heads.freeze_classifier_head`); the trainer's ``pi_hat`` /
   ``kl_pi_hat_pi`` metrics are therefore not meaningful for this method.
 
 Optimisation (``published_optim``, the starting point of every OpenNCD config; any ``optim.*``
@@ -69,14 +69,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 from lps import losses
-from lps.config import check_range
+from lps.clustering import map_with_leftovers
 from lps.errors import LPSError
-from lps.methods.base import METHODS, Batch, Method
-from lps.methods.common_pairwise import (ProjectorMLP, freeze_classifier_head, group_prior, group_probabilities,
-                                         pair_partners, prototype_probabilities, soft_cross_entropy)
+from lps.losses import soft_cross_entropy
+from lps.methods.base import METHODS, Batch, Method, check_range
+from lps.methods.heads import (ProjectorMLP, freeze_classifier_head, group_prior, group_probabilities,
+                               prototype_probabilities)
+from lps.methods.pairing import pair_partners
 
 
 @dataclass
@@ -166,12 +167,7 @@ def match_groups_to_classes(proto_label: np.ndarray, label_proto_counts: np.ndar
         raise ValueError(f"cannot match {n_seen} seen classes to {n_groups} groups")
     contingency = np.zeros((n_seen, n_groups))
     np.add.at(contingency.T, proto_label, label_proto_counts.T)  # sum prototype columns per group
-    rows, cols = linear_sum_assignment(contingency, maximize=True)
-    new_id = np.full(n_groups, -1, dtype=np.int64)
-    new_id[cols] = rows
-    rest = [g for g in range(n_groups) if new_id[g] < 0]
-    new_id[rest] = np.arange(n_seen, n_seen + len(rest))
-    return new_id[proto_label]
+    return map_with_leftovers(contingency.T)[proto_label]
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,9 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from lps import losses
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch, Method
-from lps.methods.common_pairwise import pair_partners
+from lps.methods.base import METHODS, Batch, Method, check_range
+from lps.methods.pairing import pair_partners
 
 
 @dataclass

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch
-from lps.methods.common_openset import ClusterMethod, sigmoid_rampup
+from lps.methods.base import METHODS, Batch, check_range
+from lps.methods.open_world import ClusterMethod
+from lps.methods.tracking import sigmoid_rampup
 
 
 @dataclass

@@ -4,7 +4,7 @@ of the images being evaluated are clustered by k-means into K = seen + novel clu
 Evaluation as for the NCD baselines DTC and RankStats (LPS paper Sec. 5.1: seen accuracy after
 Hungarian matching of clusters to seen classes): the labeled training images are assigned to the
 nearest k-means centre, the clusters are matched one-to-one to the seen classes on them
-(:func:`lps.methods.common_openset.hungarian_cluster_to_class`), and the other clusters take the
+(:func:`lps.clustering.hungarian_cluster_to_class`), and the other clusters take the
 novel ids. Raw k-means ids are arbitrary, so plain seen accuracy on them measures nothing (at demo
 scale 18.7 % raw against 45.1 % mapped); the paper's 58.3 % seen on CIFAR-10 implies a mapping.
 The mapping is a permutation of the ids, so novel and all accuracy (Hungarian matched) do not
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Method
+from lps.clustering import fit_kmeans, map_clusters_to_seen
+from lps.methods.base import METHODS, Method, check_range
 
 
 @dataclass
@@ -32,30 +32,6 @@ class SimCLRKMeansParams:
 
     def validate(self) -> None:
         check_range(self, "n_init", lo=1)
-
-
-def _fit_kmeans(feats: torch.Tensor, k: int, n_init: int, seed: int, normalize: bool):
-    from sklearn.cluster import KMeans
-
-    x = F.normalize(feats.float(), dim=1) if normalize else feats.float()
-    return KMeans(n_clusters=min(k, len(x)), n_init=n_init, random_state=seed % (2**31)).fit(x.numpy())
-
-
-def kmeans_predict(feats: torch.Tensor, k: int, n_init: int, seed: int, normalize: bool = True) -> np.ndarray:
-    """k-means cluster ids of ``feats`` (scikit-learn), seeded."""
-    if len(feats) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return _fit_kmeans(feats, k, n_init, seed, normalize).labels_.astype(np.int64)
-
-
-def map_clusters_to_seen(ids: np.ndarray, labeled_ids: np.ndarray, labeled_y: np.ndarray, k: int) -> np.ndarray:
-    """``ids`` relabelled so that the clusters matched (Hungarian) to the seen classes on the labeled
-    images carry those class ids; the others take the remaining ids."""
-    from lps.methods.common_openset import hungarian_cluster_to_class  # imports this module
-
-    if len(labeled_y) == 0:
-        return ids
-    return hungarian_cluster_to_class(labeled_ids, labeled_y, k)[ids]
 
 
 @METHODS.register("simclr_kmeans")
@@ -78,7 +54,7 @@ class SimCLRKMeans(Method):
         hp, k = self.hp, self.ctx.num_classes
         if len(feats) == 0:
             return np.zeros(0, dtype=np.int64)
-        km = _fit_kmeans(feats, k, hp.n_init, self.ctx.seed, hp.normalize)
+        km = fit_kmeans(feats, k, hp.n_init, self.ctx.seed, hp.normalize)
         ids = km.labels_.astype(np.int64)
         if not hp.map_clusters or self._labeled is None:
             return ids

@@ -5,7 +5,7 @@ as FixMatch (``shared/REFERENCE.md``).
 
 SSC replaces every cross-entropy of FixMatch by one contrastive loss over the labeled, the
 confidently pseudo-labeled and the unconfident unlabeled samples together with trainable class
-prototypes (:func:`lps.methods.common_openset.prototype_supcon_loss`):
+prototypes (:func:`lps.losses.prototype_supcon_loss`):
 
 - embeddings: the backbone features (L2-normalised inside the loss);
 - class prototypes: **the first ``n_seen`` rows of the K-way cosine head**, i.e. the trainable
@@ -39,24 +39,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch
-from lps.methods.common_openset import SeenClassifierMethod, prototype_supcon_loss, unique_unconfident_labels
+from lps.methods.base import METHODS, Batch, check_range
+from lps.losses import prototype_supcon_loss, unique_unconfident_labels
+from lps.methods.open_world import RejectionParams, SeenClassifierMethod
 
 
 @dataclass
-class SSCParams:
+class SSCParams(RejectionParams):
     threshold: float = 0.95  # pseudo-label confidence threshold tau; FixMatch's, kept by SSC (paper Sec. 4)
     temperature: float = 0.1  # T of the unified loss and of the prototype probabilities; project choice:
     #                           1/T = the cosine head scale 10, so p = the head's softmax
-    reject_threshold: float = 0.95  # evaluation: below it a sample is novel; = tau (LPS paper Sec. 5.1)
-    kmeans_n_init: int = 10  # k-means restarts for the rejected samples; scikit-learn's classic default
 
     def validate(self) -> None:
+        super().validate()
         check_range(self, "threshold", lo=0, hi=1)
         check_range(self, "temperature", lo=0, lo_open=True)
-        check_range(self, "reject_threshold", lo=0, hi=1)
-        check_range(self, "kmeans_n_init", lo=1)
 
 
 @METHODS.register("ssc")

@@ -12,7 +12,7 @@ Two branches on one backbone, views weak (``DA_w``) and strong (``DA_s``):
 - similarity co-calibration (Sec. 3.1): the similarity distribution of an unlabeled sample over
   the seen-class prototypes, ``p_s = softmax(sim_scale * cos(v', v_c))``, the running average
   ``p_s_bar`` of its batch means over the last ``history`` batches (a ring buffer,
-  :class:`lps.methods.common_openset.HistoryMean`, so it checkpoints and resumes exactly), and
+  :class:`lps.methods.tracking.HistoryMean`, so it checkpoints and resumes exactly), and
   ``p_hat = Normalize(p_b * p_s / p_s_bar)`` (:func:`calibrated_pseudo_labels`). "Scaling p_b
   with p_s and re-normalising" is read as the per-sample product with ``p_s``, made fair with
   ReMixMatch's division by the running average (the paper cites ReMixMatch for it);
@@ -51,13 +51,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lps.config import check_range
-from lps.methods.base import METHODS, Batch
-from lps.methods.common_openset import HistoryMean, SeenClassifierMethod, distribution_alignment
+from lps.methods.base import METHODS, Batch, check_range
+from lps.methods.open_world import RejectionParams, SeenClassifierMethod
+from lps.methods.tracking import HistoryMean, distribution_alignment
 
 
 @dataclass
-class SsCLParams:
+class SsCLParams(RejectionParams):
     lambda_pl: float = 1.0  # weight of the pseudo-label loss; paper Table 8, CIFAR-10
     lambda_ctr: float = 1.0  # weight of the contrastive loss; paper Table 8, CIFAR-10
     threshold: float = 0.95  # pseudo-label confidence threshold tau; paper Table 8, CIFAR-10
@@ -73,13 +73,12 @@ class SsCLParams:
     prototype_mixup: bool = True  # prototype mixture of Eq. (4) (alpha = 1: lambda ~ U(0, 1)); paper Sec. 3.1
     positive_threshold: float = 0.0  # confidence needed to mine class positives for an unlabeled query;
     #                                  0 = the paper (every unlabeled query, by the classifier's argmax)
-    reject_threshold: float = 0.95  # evaluation: below it a sample is novel; = tau (LPS paper Sec. 5.1)
-    kmeans_n_init: int = 10  # k-means restarts for the rejected samples; scikit-learn's classic default
 
     def validate(self) -> None:
+        super().validate()
         for name in ("lambda_pl", "lambda_ctr", "queue_size", "n_positives"):
             check_range(self, name, lo=0)
-        for name in ("threshold", "positive_threshold", "reject_threshold"):
+        for name in ("threshold", "positive_threshold"):
             check_range(self, name, lo=0, hi=1)
         check_range(self, "gamma", lo=0, lo_open=True)
         check_range(self, "sim_scale", lo=0, lo_open=True)
@@ -87,7 +86,6 @@ class SsCLParams:
         check_range(self, "history", lo=1)
         check_range(self, "proj_dim", lo=1)
         check_range(self, "prototype_momentum", lo=0, hi=1, hi_open=True)
-        check_range(self, "kmeans_n_init", lo=1)
 
 
 def calibrated_pseudo_labels(p_b: torch.Tensor, p_s: torch.Tensor, p_s_running: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ every cell of every table and figure is resolved with lps.config.build_config, w
 lps keys and out-of-range hyperparameters by name. Nothing here reads data.
 
 Run identity. A training job's output is <results>/runs/<run_id>/result.parquet with
-run_id = lps.trainer.run_id(resolved config) (`<method>-<dataset>-seed<seed>-<hash of the scientific
+run_id = lps.identity.run_id(resolved config) (`<method>-<dataset>-seed<seed>-<hash of the scientific
 config>`), exactly the folder lps.trainer writes. The cell's other coordinates (seen_class_ratio,
 label_ratio, freeze, overrides) live in the run table below, not in the path: two cells that resolve
 to the same scientific config (the LPS default point of Tables 1, 2, 4-8, `eta1: 1.0` written out, a
@@ -35,8 +35,7 @@ from snakemake.utils import min_version, validate
 from lps.config import Config, build_config, from_dict, overrides_to_dict, validate_config
 from lps.errors import LPSError
 from lps.methods import METHODS
-from lps.pretrain import pretrain_dir
-from lps.trainer import run_id as lps_run_id
+from lps.identity import pretrain_dir, run_id as lps_run_id
 
 min_version("9.0")
 
@@ -356,7 +355,7 @@ def run_counts_markdown():
     seen = set()
     name = Path(CONFIG["experiment_set"]).stem
     lines = [f"# Run counts: experiment set `{name}`", "",
-             "Runs are identified by `lps.trainer.run_id` (a hash of the resolved scientific config), so a "
+             "Runs are identified by `lps.identity.run_id` (a hash of the resolved scientific config), so a "
              "cell shared by several tables or figures is trained once. `unique runs` counts a study's distinct "
              "runs (Table 5's eta1=1.0 and eta2=1.0 are one point), `new` those that no study above it "
              "already trains.", "",

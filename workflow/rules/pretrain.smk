@@ -1,4 +1,4 @@
-# 2. SimCLR pretraining, once per dataset and architecture (lps.pretrain.pretrain_dir): every run
+# 2. SimCLR pretraining, once per dataset and architecture (lps.identity.pretrain_dir): every run
 #    whose resolved config has the same pretraining identity reads the same backbone.pt (its default
 #    location, so no `pretrain.checkpoint=` override is needed). Launched like training.
 
