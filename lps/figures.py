@@ -16,17 +16,19 @@ Figure. Curves are means over seeds with a ± std band or error bar.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TextIO
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from lps.errors import LPSError
 from lps.results import read_results
 from lps.tables import read_epochs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHOD_COLORS = {"lps": "tab:red", "orca": "tab:blue", "nach": "tab:green", "fixmatch": "tab:orange",
                  "openncd": "tab:purple", "gcd": "tab:brown"}
@@ -34,6 +36,8 @@ METHOD_COLORS = {"lps": "tab:red", "orca": "tab:blue", "nach": "tab:green", "fix
 
 def _subplots(ncols: int, figsize: tuple[float, float]):
     """A Figure (no pyplot state, no backend switch) and its row of ``ncols`` axes."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
@@ -219,6 +223,8 @@ def fig5(spec: dict, cells: Sequence[dict], run_dirs: dict[str, Path], log: Text
         feats, y, seen = extract_features(run_dirs[c["run_id"]], spec.get("max_points", 2000), seed=0)
         xy = tsne_2d(feats, seed=0)
         k = int(y.max()) + 1
+        import matplotlib
+
         cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "turbo"]
         colors = cmap(y % cmap.N if k <= 20 else y / max(k - 1, 1))
         ax.scatter(xy[seen, 0], xy[seen, 1], c=colors[seen], s=5, marker="o", lw=0)
@@ -265,7 +271,59 @@ def fig6(spec: dict, cells: Sequence[dict], run_dirs: dict[str, Path], **_) -> F
     return fig
 
 
-FIGURES: dict[str, Callable[..., Figure]] = {"fig2": fig2, "fig4": fig4, "fig5": fig5, "fig6": fig6}
+# --------------------------------------------------------------------------------------------
+# the registry: what each figure draws, which runs it needs, its caption
+
+
+Cell = tuple[str, float, float, str, str, int]  # method, seen_class_ratio, label_ratio, freeze, variant, seed
+
+
+def _method_cells(spec: dict, seeds: Sequence[int]) -> Iterator[Cell]:
+    """Every method at the figure's one setting."""
+    for m in spec["methods"]:
+        for seed in seeds:
+            yield m, spec["seen_class_ratio"], spec["label_ratio"], spec["freeze"], "", seed
+
+
+def _sweep_cells(spec: dict, seeds: Sequence[int]) -> Iterator[Cell]:
+    """Fig. 6: (a)/(b) a seen-class ratio sweep at a fixed label ratio, (c)/(d) a label-ratio sweep at a
+    fixed seen-class ratio; the variant names the sweep."""
+    points = [(s, spec["label_ratio_fixed"], "novel_classes") for s in spec["seen_class_ratio"]]
+    points += [(spec["seen_class_ratio_fixed"], lr, "label_ratio") for lr in spec["label_ratio"]]
+    for m in spec["methods"]:
+        for s, lr, sweep in points:
+            for seed in seeds:
+                yield m, s, lr, "layer4", sweep, seed
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """One kind of figure: ``draw(spec, cells, run_dirs, log=...) -> Figure``; ``cells(spec, seeds)``,
+    the runs it needs (``lps.plan``); its report caption; ``one_seed``: by default drawn from the first
+    seed only."""
+
+    draw: Callable[..., "Figure"]
+    cells: Callable[[dict, Sequence[int]], Iterator[Cell]]
+    caption: str
+    one_seed: bool = False
+
+
+FIGURES: dict[str, FigureKind] = {
+    "fig2": FigureKind(fig2, _method_cells,
+                       "Fig. 2: (a) accuracy gap between seen and novel classes and (b) overall accuracy over "
+                       "training epochs (mean over seeds, band = ± std), on the unlabeled training images."),
+    "fig4": FigureKind(fig4, _method_cells,
+                       "Fig. 4: (a) KL divergence between the estimated class distribution (mean softmax on the "
+                       "unlabeled images) and the true one over epochs; (b) the estimated distribution after the "
+                       "last epoch, with the expected true distribution of the unlabeled set."),
+    "fig5": FigureKind(fig5, _method_cells,
+                       "Fig. 5: t-SNE of the backbone features of unlabeled training images after training (one "
+                       "seed), coloured by true class; circles = seen classes, crosses = novel classes.",
+                       one_seed=True),
+    "fig6": FigureKind(fig6, _sweep_cells,
+                       "Fig. 6: novel and overall accuracy (a, b) against the number of novel classes and (c, d) "
+                       "against the labeled ratio of seen classes (mean ± std over seeds)."),
+}
 
 
 def make_figure(name: str, spec: dict, cells: Sequence[dict], result_files: Iterable[str | Path], png: str | Path,
@@ -278,7 +336,7 @@ def make_figure(name: str, spec: dict, cells: Sequence[dict], result_files: Iter
 
         torch.set_num_threads(threads)
     cells = list(cells)
-    fig = FIGURES[name](dict(spec), cells, _run_dirs(cells, result_files), log=log)
+    fig = FIGURES[name].draw(dict(spec), cells, _run_dirs(cells, result_files), log=log)
     fig.savefig(png, dpi=150)
     fig.savefig(pdf)
     if log is not None:

@@ -32,7 +32,7 @@ rule run_counts:
     benchmark:
         f"{RESULTS}/benchmarks/run_counts.tsv"
     params:
-        text=run_counts_markdown(),
+        text=run_counts_markdown(PLAN),
     localrule: True
     conda:
         "../envs/lps.yaml"

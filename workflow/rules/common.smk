@@ -1,4 +1,4 @@
-"""Configuration, validation and the run table.
+"""Configuration and validation; the run table comes from lps.plan.
 
 Config layers, later wins:
   1. the experiment set, workflow/config/<experiment_set>.yaml (or a path), e.g. `paper`, `demo`;
@@ -7,23 +7,13 @@ Config layers, later wins:
   3. LPS_<KEY> environment variables (LPS_LAUNCH_EXECUTOR, LPS_SLURM_PARTITION, ...) for the top-level
      scalar keys of config.schema.yaml, except keys given with `--config` on this command line.
 The result is validated against workflow/schemas/config.schema.yaml before the DAG is built, then
-every cell of every table and figure is resolved with lps.config.build_config, which rejects unknown
-lps keys and out-of-range hyperparameters by name. Nothing here reads data.
-
-Run identity. A training job's output is <results>/runs/<run_id>/result.parquet with
-run_id = lps.identity.run_id(resolved config) (`<method>-<dataset>-seed<seed>-<hash of the scientific
-config>`), exactly the folder lps.trainer writes. The cell's other coordinates (seen_class_ratio,
-label_ratio, freeze, overrides) live in the run table below, not in the path: two cells that resolve
-to the same scientific config (the LPS default point of Tables 1, 2, 4-8, `eta1: 1.0` written out, a
-variant equal to a method default) get the same path and are trained once, whatever way the config
-spells them, and deleting <run_id>/result.parquet is what makes snakemake rerun that run. Canonical
-override strings as wildcards would need their own normalisation rules (defaults, 1 vs 1.0, key order)
-and a second name for every run folder.
+lps.plan.plan resolves every cell of every table and figure with lps.config.build_config, which
+rejects unknown lps keys and out-of-range hyperparameters by name, and names each run by
+lps.identity.run_id: a training job's output is <results>/runs/<run_id>/result.parquet, so two cells
+with the same scientific config are one job, and deleting a run's result.parquet reruns it (lps.plan
+says why the id, not the cell's coordinates, is the path). Nothing here reads data.
 """
 
-import copy
-import json
-import math
 import os
 from pathlib import Path
 
@@ -32,10 +22,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
-from lps.config import Config, build_config, from_dict, overrides_to_dict, validate_config
+from lps.config import deep_merge
 from lps.errors import LPSError
+from lps.figures import FIGURES as FIGURE_KINDS
 from lps.methods import METHODS
-from lps.identity import pretrain_dir, run_id as lps_run_id
+from lps.plan import plan, run_counts_markdown
 
 min_version("9.0")
 
@@ -46,19 +37,11 @@ ENV_KEYS = (
     "slurm_partition", "slurm_account", "slurm_gpus", "slurm_cpus", "slurm_mem_gb", "slurm_max_timeouts",
     "slurm_sbatch", "data_dir", "imagenet_dir", "num_workers",
 )
-FACTORS = ("method", "dataset", "seen_class_ratio", "label_ratio", "freeze")
-FIGURE_NAMES = ("fig2", "fig4", "fig5", "fig6")
+FIGURE_NAMES = tuple(FIGURE_KINDS)
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. config: set file <- snakemake config <- environment, then the JSON schema
-
-
-def _deep_merge(base, extra):
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _set_file(name):
@@ -84,7 +67,7 @@ def load_config(snakemake_config):
         set_config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise WorkflowError(f"experiment set {path}: {e}")
-    merged = _deep_merge(_deep_merge(set_config, dict(snakemake_config)), env)
+    merged = deep_merge(deep_merge(set_config, dict(snakemake_config)), env)
     merged["experiment_set"] = str(path)
     try:
         validate(merged, "../schemas/config.schema.yaml")
@@ -107,177 +90,18 @@ EXECUTOR = CONFIG["launch_executor"]
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. cells -> lps arguments -> run ids
+# 2. the plan (lps.plan): cells -> lps arguments -> run ids
 
-
-def _raw(value):
-    """A YAML scalar/list as `key=value` text that lps.config.parse_override reads back unchanged."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str) and (value == "" or yaml.safe_load(value) == value):
-        return value
-    # YAML's own spelling: 5.0e-05, not JSON's 5e-05 (which YAML 1.1 reads as a string)
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
-    return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _base_settings():
-    """The set's `base_config` (an lps config file) as flat `key: value` settings."""
-    name = CONFIG.get("base_config")
-    if not name:
-        return {}
-    from lps.config import load_yaml
-
-    try:
-        return _flat(load_yaml(name))
-    except LPSError as e:
-        raise WorkflowError(f"experiment set {CONFIG['experiment_set']}: base_config: {e}")
-
-
-BASE_SETTINGS = _base_settings()
-
-
-def cell_args(method, dataset, seen_class_ratio, label_ratio, freeze, seed, variant_overrides):
-    """The lps `key=value` list of one run: base_config <- defaults <- dataset <- method <- method x
-    dataset <- the cell's coordinates <- the variant. Sorted, so equal settings give equal lists."""
-    m = CONFIG["methods"][method]
-    settings = {}
-    for layer in (BASE_SETTINGS, CONFIG.get("defaults", {}), CONFIG["datasets"][dataset].get("overrides", {}),
-                  m.get("overrides", {}), m.get("dataset_overrides", {}).get(dataset, {})):
-        settings.update(layer)
-    settings.update({"method.name": method, "data.dataset": dataset, "data.seen_class_ratio": seen_class_ratio,
-                     "data.label_ratio": label_ratio, "model.freeze": freeze, "train.seed": seed})
-    settings.update(variant_overrides)
-    return [f"{k}={_raw(v)}" for k, v in sorted(settings.items())]
-
-
-_RESOLVED = {}
-
-
-def resolve(args, where):
-    """(run_id, pretrain id or None, cfg) of an lps argument list; LPSError -> WorkflowError naming `where`."""
-    key = tuple(args)
-    if key not in _RESOLVED:
-        try:
-            name = overrides_to_dict(list(args))["method"]["name"]
-            if name in METHODS:
-                cfg = build_config([], list(args))
-            else:  # not implemented yet: plan with the given keys only (see UNREGISTERED)
-                data = overrides_to_dict(list(args))
-                cfg = from_dict(Config, data)
-                validate_config(cfg)
-        except LPSError as e:
-            raise WorkflowError(f"{where}: {e}")
-        pretrain = None if cfg.model.init else pretrain_dir(cfg).name
-        _RESOLVED[key] = (lps_run_id(cfg), pretrain, cfg)
-    return _RESOLVED[key]
-
-
-def _check_names(kind, names, where):
-    declared = CONFIG["methods"] if kind == "method" else CONFIG["datasets"]
-    for n in names:
-        if n not in declared:
-            raise WorkflowError(f"{where}: {kind} {n!r} is not declared under `{kind}s:` "
-                                f"(declared: {', '.join(declared)})")
-
-
-def _variants(spec, where):
-    out = [(name, dict(o or {})) for name, o in (spec.get("variants") or {}).items()]
-    for sw in spec.get("sweeps") or []:
-        label = sw.get("label") or sw["key"].split(".")[-1] + "={}"
-        out += [(label.replace("{}", str(v)), {sw["key"]: v}) for v in sw["values"]]
-    names = [n for n, _ in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise WorkflowError(f"{where}: variant names must be unique, repeated: {dup}")
-    return out or [("", {})]
-
-
-RUNS = {}  # run_id -> {"args", "method", "dataset", "seed", "pretrain", "registered"}
-PRETRAIN = {}  # pretrain id -> {"args", "dataset"}
-STUDY_CELLS = {}  # table or figure name -> list of cell dicts (one per seed)
-
-
-def add_cell(study, method, dataset, seen, label, freeze, seed, variant, overrides, where):
-    args = cell_args(method, dataset, seen, label, freeze, seed, overrides)
-    rid, pre, _ = resolve(args, f"{where} ({method}, {dataset}, variant {variant or 'default'!r})")
-    RUNS.setdefault(rid, {"args": args, "method": method, "dataset": dataset, "seed": seed, "pretrain": pre,
-                          "registered": method in METHODS})
-    if pre:
-        PRETRAIN.setdefault(pre, {"args": args, "dataset": dataset})
-    ds = CONFIG["datasets"][dataset]
-    STUDY_CELLS.setdefault(study, []).append({
-        "run_id": rid, "method": method, "method_label": CONFIG["methods"][method].get("label", method),
-        "variant": variant, "overrides": ",".join(f"{k}={_raw(v)}" for k, v in overrides.items()),
-        "dataset": dataset, "dataset_label": ds.get("label", dataset),
-        "paper_dataset": ds.get("paper_dataset", dataset), "seen_class_ratio": float(seen),
-        "label_ratio": float(label), "freeze": freeze, "seed": int(seed),
-    })
-
-
-def _grid_cells(spec, where):
-    grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
-    for i, g in enumerate(grids):
-        gw = f"{where}.grid" + (f"[{i}]" if len(grids) > 1 else "")
-        methods = g.get("method", ["lps"])
-        datasets = g.get("dataset", list(CONFIG["datasets"]))
-        _check_names("method", methods, f"{gw}.method")
-        _check_names("dataset", datasets, f"{gw}.dataset")
-        for m in methods:
-            for d in datasets:
-                for s in g.get("seen_class_ratio", [0.5]):
-                    for lr in g.get("label_ratio", [0.5]):
-                        for fz in g.get("freeze", ["layer4"]):
-                            yield m, d, s, lr, fz
-
-
-TABLE_SPECS = {}
-for _name, _spec in (CONFIG.get("tables") or {}).items():
-    _where = f"tables.{_name}"
-    _seeds = _spec.get("seeds", SEEDS)
-    _vars = _variants(_spec, _where)
-    for _m, _d, _s, _lr, _fz in _grid_cells(_spec, _where):
-        for _vname, _vo in _vars:
-            for _seed in _seeds:
-                add_cell(_name, _m, _d, _s, _lr, _fz, _seed, _vname, _vo, _where)
-    TABLE_SPECS[_name] = {"name": _name, "title": _spec.get("title", _name), "paper_table": _spec.get("paper_table"),
-                          "rows": _spec["rows"], "metrics": _spec["metrics"], "seeds": list(_seeds),
-                          "experiment_set": Path(CONFIG["experiment_set"]).stem}
-
-FIGURES = CONFIG.get("figures") or {}
-for _name in FIGURE_NAMES:
-    _spec = FIGURES.get(_name)
-    if not _spec:
-        continue
-    _where = f"figures.{_name}"
-    _check_names("method", _spec["methods"], f"{_where}.methods")
-    _check_names("dataset", [_spec["dataset"]], f"{_where}.dataset")
-    _seeds = _spec.get("seeds", SEEDS[:1] if _name == "fig5" else SEEDS)
-    if _name == "fig6":  # (a)/(b): seen-class ratio sweep, (c)/(d): label-ratio sweep
-        _points = [(s, _spec["label_ratio_fixed"], "novel_classes") for s in _spec["seen_class_ratio"]]
-        _points += [(_spec["seen_class_ratio_fixed"], lr, "label_ratio") for lr in _spec["label_ratio"]]
-        for _m in _spec["methods"]:
-            for _s, _lr, _sweep in _points:
-                for _seed in _seeds:
-                    add_cell(_name, _m, _spec["dataset"], _s, _lr, "layer4", _seed, _sweep, {}, _where)
-    else:
-        for _m in _spec["methods"]:
-            for _seed in _seeds:
-                add_cell(_name, _m, _spec["dataset"], _spec["seen_class_ratio"], _spec["label_ratio"],
-                         _spec["freeze"], _seed, "", {}, _where)
-
-if not RUNS:
-    raise WorkflowError(f"experiment set {CONFIG['experiment_set']}: no tables or figures, nothing to run")
-
-UNREGISTERED = sorted({r["method"] for r in RUNS.values() if not r["registered"]})
+try:
+    PLAN = plan(CONFIG)
+except LPSError as e:
+    raise WorkflowError(str(e))
+RUNS = PLAN.runs  # run_id -> {"args", "method", "dataset", "seed", "pretrain", "registered"}
+PRETRAIN = PLAN.pretrain  # pretrain id -> {"args", "dataset"}
+STUDY_CELLS = PLAN.study_cells  # table or figure name -> list of cell dicts (one per seed)
+TABLE_SPECS = PLAN.tables
+FIGURES = PLAN.figures
+UNREGISTERED = PLAN.unregistered
 if UNREGISTERED:
     logger.warning(
         f"lps: methods {UNREGISTERED} are declared in the experiment set but not registered in "
@@ -349,50 +173,7 @@ LAUNCH_THREADS = 1 if EXECUTOR == "slurm" else CONFIG["local_threads"]
 PRETRAIN_THREADS = 1 if EXECUTOR == "slurm" else max(CONFIG["local_threads"], os.cpu_count() or 1)
 
 
-def run_counts_markdown():
-    """Per study: cells x seeds, the unique runs among them, and how many of those the studies above it
-    do not already train; then the deduplicated total and the jobs of a full dry run."""
-    seen = set()
-    name = Path(CONFIG["experiment_set"]).stem
-    lines = [f"# Run counts: experiment set `{name}`", "",
-             "Runs are identified by `lps.identity.run_id` (a hash of the resolved scientific config), so a "
-             "cell shared by several tables or figures is trained once. `unique runs` counts a study's distinct "
-             "runs (Table 5's eta1=1.0 and eta2=1.0 are one point), `new` those that no study above it "
-             "already trains.", "",
-             "| study | cells | seeds | cells x seeds | unique runs | new |", "|---|---:|---:|---:|---:|---:|"]
-    for study, cells in STUDY_CELLS.items():
-        ids = {c["run_id"] for c in cells}
-        n_cells = len({(c["method"], c["dataset"], c["seen_class_ratio"], c["label_ratio"], c["freeze"],
-                        c["variant"]) for c in cells})
-        n_seeds = len({c["seed"] for c in cells})
-        lines.append(f"| {study} | {n_cells} | {n_seeds} | {len(cells)} | {len(ids)} | {len(ids - seen)} |")
-        seen |= ids
-    by_dataset = {}
-    for r in RUNS.values():
-        by_dataset[r["dataset"]] = by_dataset.get(r["dataset"], 0) + 1
-    n_data = len({r["dataset"] for r in RUNS.values()})
-    n_fig = sum(bool(FIGURES.get(f)) for f in FIGURE_NAMES)
-    jobs = {"prepare_data": n_data, "pretrain": len(PRETRAIN), "train": len(RUNS), "collect": 1, "run_counts": 1,
-            "table": len(TABLE_SPECS), "figure": n_fig, "convergence": 1, "all": 1}
-    lines += ["", f"Unique training runs: **{len(RUNS)}** "
-              f"({', '.join(f'{d}: {n}' for d, n in by_dataset.items())}); "
-              f"SimCLR pretraining jobs: **{len(PRETRAIN)}**; data preparation jobs: **{n_data}**.", "",
-              f"Jobs of a dry run from scratch (`snakemake -n`, experiment set `{name}`): "
-              + ", ".join(f"{k} {v}" for k, v in jobs.items()) + f"; total **{sum(jobs.values())}**.", ""]
-    return "\n".join(lines)
-
-
-FIGURE_CAPTIONS = {
-    "fig2": "Fig. 2: (a) accuracy gap between seen and novel classes and (b) overall accuracy over training "
-            "epochs (mean over seeds, band = ± std), on the unlabeled training images.",
-    "fig4": "Fig. 4: (a) KL divergence between the estimated class distribution (mean softmax on the unlabeled "
-            "images) and the true one over epochs; (b) the estimated distribution after the last epoch, with "
-            "the expected true distribution of the unlabeled set.",
-    "fig5": "Fig. 5: t-SNE of the backbone features of unlabeled training images after training (one seed), "
-            "coloured by true class; circles = seen classes, crosses = novel classes.",
-    "fig6": "Fig. 6: novel and overall accuracy (a, b) against the number of novel classes and (c, d) against "
-            "the labeled ratio of seen classes (mean ± std over seeds).",
-}
+FIGURE_CAPTIONS = {name: kind.caption for name, kind in FIGURE_KINDS.items()}
 
 
 def report_targets():

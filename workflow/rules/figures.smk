@@ -1,6 +1,6 @@
 # 6. Figures (lps.figures.FIGURES; PNG for the report, PDF for print): fig2, fig4, fig5, fig6, each
 #    drawn from the runs of its own cells (`figures:` in the experiment set). A new kind of figure is
-#    a function in lps/figures.py, its name in FIGURE_NAMES and a caption in common.smk.
+#    one entry of lps.figures.FIGURES: its draw function, the cells it needs and its caption.
 
 
 rule figure:
