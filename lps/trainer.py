@@ -278,7 +278,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
         row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history_at_start),
                               device=device_label(device), git=folder_info["git_commit"],
                               libs=folder_info["libraries"],
-                              n_seen=split.n_seen)
+                              n_seen=split.n_seen, params_class=method_cls.Params)
         write_result(row, result_file)
         return row
 

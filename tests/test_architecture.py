@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # the entry points that run a training or a pretraining, and the one name each may import
-ENTRY_POINTS = {"lps/cli.py", "lps/launch.py"}
+ENTRY_POINTS = {"lps/cli.py", "lps/launch/job.py"}
 LOOP_MODULES = {"lps.trainer": {"train"}, "lps.pretrain": {"pretrain"}}
 
 
@@ -166,3 +166,18 @@ def test_the_package_has_no_import_cycle():
 ])
 def test_import_parser(source, expected):
     assert _imports_of_text(source) == expected
+
+
+def test_results_and_config_do_not_import_the_methods_they_describe():
+    """The result schema and the config are read by tools that have no use for torch models: the
+    result row is given the method's ``Params`` by the trainer; the config asks the registry only
+    to resolve ``method.*`` (a one-way edge)."""
+    graph = _graph()
+    assert not {m for m in graph["lps.results"] if m.startswith("lps.methods")}
+    reach, todo = set(), ["lps.methods.lps"]
+    while todo:
+        for m in graph[todo.pop()]:
+            if m not in reach:
+                reach.add(m)
+                todo.append(m)
+    assert "lps.config" not in reach and "lps.trainer" not in reach

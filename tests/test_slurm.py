@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lps.launch import SlurmState, sacct_state, slurm_state
+from lps.launch.slurm_state import SlurmState, sacct_state, slurm_state
 from conftest import needs_fmnist, require_slurm_cluster, tiny_overrides
 
 # the SLURM tests; the launcher's pure helpers at the top of the file need no cluster
@@ -182,7 +182,7 @@ def launchers(cluster, tmp_path):
 
 
 def run_of(tmp_path: Path, lps_args: list[str]) -> tuple[str, Path]:
-    from lps.launch import expected_output
+    from lps.launch.job import expected_output
 
     out = expected_output("train", lps_args)
     return out.parent.name, out
@@ -216,20 +216,41 @@ def metrics_of(path: Path) -> dict:
 
 
 def test_cli_options_after_kind_and_lps_args_after_dashes():
-    from lps.launch import parse_args
+    from lps.launch.cli import parse_args
 
-    a = parse_args(["train", "--executor", "slurm", "--gpus", "2", "--mem-gb", "0.5", "--sbatch", "qos=high",
-                    "--", "-c", "demo", "optim.epochs=3"])
-    assert (a.kind, a.executor, a.gpus, a.mem_gb, a.sbatch) == ("train", "slurm", 2, 0.5, ["qos=high"])
-    assert a.lps_args == ["-c", "demo", "optim.epochs=3"]
-    b = parse_args(["--executor", "none", "pretrain", "method=lps"])
-    assert (b.kind, b.executor, b.lps_args) == ("pretrain", "none", ["method=lps"])
-    with pytest.raises(SystemExit):
-        parse_args(["train", "--time-min", "0"])
+    kind, lps_args, a = parse_args(["train", "--executor", "slurm", "--gpus", "2", "--mem-gb", "0.5", "--sbatch",
+                                    "qos=high", "--", "-c", "demo", "optim.epochs=3"])
+    assert (kind, a.executor, a.gpus, a.mem_gb, a.sbatch) == ("train", "slurm", 2, 0.5, ["qos=high"])
+    assert lps_args == ["-c", "demo", "optim.epochs=3"]
+    kind, lps_args, b = parse_args(["--executor", "none", "pretrain", "method=lps"])
+    assert (kind, b.executor, lps_args) == ("pretrain", "none", ["method=lps"])
+    for bad in (["--time-min", "0"], ["--sbatch", "qos"], ["--mem-gb", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(["train", *bad])
+
+
+def test_launch_defaults_exist_once():
+    """The CLI's defaults are LaunchSettings'; the workflow fills its launch keys from it (the schema
+    carries no default for them) and the profiles restate none of them."""
+    import yaml
+
+    from lps.launch.cli import parse_args
+    from lps.launch.settings import WORKFLOW_KEYS, LaunchSettings
+
+    assert parse_args(["train"])[2] == LaunchSettings()
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    for key in WORKFLOW_KEYS:
+        assert "default" not in schema["properties"][key], key
+    defaults = LaunchSettings.workflow_defaults()
+    assert (defaults["launch_time_min"], defaults["slurm_max_timeouts"], defaults["slurm_mem_gb"]) == (720, 20, 48)
+    for profile in ("local", "slurm"):
+        settings = yaml.safe_load((REPO / "profiles" / profile / "settings.yaml").read_text()) or {}
+        restated = {k for k in WORKFLOW_KEYS if k in settings and settings[k] == defaults[k]}
+        assert not restated, (profile, restated)
 
 
 def test_signal_delay_fits_the_time_limit():
-    from lps.launch import signal_delay
+    from lps.launch.slurm import signal_delay
 
     # asked for 10 % of the limit before it, between 15 and 90 s (SLURM may send it up to 30 s earlier)
     assert (signal_delay(1), signal_delay(5), signal_delay(10), signal_delay(600)) == (15, 30, 60, 90)
@@ -237,9 +258,11 @@ def test_signal_delay_fits_the_time_limit():
 
 
 def test_failure_messages_name_run_job_and_log(tmp_path):
-    from lps.launch import Paths, describe_failure, parse_args
+    from lps.launch.diagnosis import describe_failure
+    from lps.launch.records import Paths
+    from lps.launch.settings import LaunchSettings
 
-    a = parse_args(["train", "--executor", "slurm", "--mem-gb", "4"])
+    a = LaunchSettings(executor="slurm", mem_gb=4)
     paths = Paths(tmp_path, "42")
     paths.stderr.write_text("slurmstepd: error: StepId=42.0 exceeded memory limit (5 > 4), being killed\n")
     text = describe_failure("r1", "42", SlurmState("FAILED", exit_code="0:9"), None, a, paths, {})
@@ -259,16 +282,19 @@ def test_job_ending_after_an_unrequeued_usr2_is_reported_as_a_time_limit(tmp_pat
     UncompletedJobError; the launcher names that as the exhausted time limit, like submitit's."""
     import traceback
 
-    import lps.launch as launch
+    import lps.launch.job as job
     import lps.trainer
+    from lps.launch.diagnosis import describe_failure
+    from lps.launch.records import Paths
+    from lps.launch.settings import LaunchSettings
 
-    monkeypatch.setattr(launch, "_SIGNALLED", [0.0])
+    monkeypatch.setattr(job, "_SIGNALLED", [0.0])
     monkeypatch.setattr(lps.trainer, "train", lambda cfg: {"run_id": "r1"})
     with pytest.raises(Exception) as e:
-        launch.Job("train", ["method=lps"])()
+        job.Job("train", ["method=lps"])()
     tb = "".join(traceback.format_exception(e.value))
-    a = launch.parse_args(["train", "--executor", "slurm", "--max-timeouts", "0", "--time-min", "5"])
-    text = launch.describe_failure("r1", "42", None, ("error", tb), a, launch.Paths(tmp_path, "42"), {})
+    a = LaunchSettings(executor="slurm", max_timeouts=0, time_min=5)
+    text = describe_failure("r1", "42", None, ("error", tb), a, Paths(tmp_path, "42"), {})
     assert "reached its time limit (5 min) more often than --max-timeouts=0 allows" in text, text
 
 
@@ -509,9 +535,11 @@ def test_vanished_job_is_reported_not_awaited(cluster, tmp_path):
     """A job SLURM no longer knows (purged from the controller, no accounting record) and that wrote no
     result: waiting on it ends after --grace-s."""
     from lps.errors import LPSError
-    from lps.launch import Paths, parse_args, wait_slurm
+    from lps.launch.records import Paths
+    from lps.launch.settings import LaunchSettings
+    from lps.launch.slurm import wait_slurm
 
-    a = parse_args(["train", "--executor", "slurm", "--poll-s", "1", "--grace-s", "2"])
+    a = LaunchSettings(executor="slurm", poll_s=1, grace_s=2)
     t0 = time.monotonic()
     with pytest.raises(LPSError, match="SLURM job 99999999 is no longer known to SLURM") as e:
         wait_slurm(a, "r1", "99999999", Paths(tmp_path, "99999999"), tmp_path / "result.parquet", {})

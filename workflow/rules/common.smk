@@ -25,6 +25,7 @@ from snakemake.utils import min_version, validate
 from lps.config import deep_merge
 from lps.errors import LPSError
 from lps.figures import FIGURES as FIGURE_KINDS
+from lps.launch.settings import LaunchSettings
 from lps.methods import METHODS
 from lps.plan import plan, run_counts_markdown
 
@@ -69,6 +70,9 @@ def load_config(snakemake_config):
         raise WorkflowError(f"experiment set {path}: {e}")
     merged = deep_merge(deep_merge(set_config, dict(snakemake_config)), env)
     merged["experiment_set"] = str(path)
+    for key, value in LaunchSettings.workflow_defaults().items():  # the launcher's defaults, written once
+        if merged.get(key) is None:
+            merged[key] = value
     try:
         validate(merged, "../schemas/config.schema.yaml")
     except WorkflowError as e:  # say where, in one line, instead of printing the schema

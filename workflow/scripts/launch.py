@@ -1,8 +1,9 @@
-"""Run one training or pretraining job through `python -m lps.launch` (the project's only launcher).
+"""Run one training or pretraining job through lps.launch (the project's only launcher).
 
 The job's scientific settings are ``params.lps_args``; the executor and SLURM settings are the rule's
-resources (from the profile, LPS_* variables or --config); site settings (data folders) and the output
-folder come from the config. Everything the launcher and the run print goes to the rule's log.
+resources (from the profile, LPS_* variables, --config or --set-resources), turned into one
+``lps.launch.LaunchSettings``; site settings (data folders) and the output folder come from the config.
+Everything the launcher and the run print goes to the rule's log.
 """
 
 import os
@@ -21,16 +22,19 @@ os.dup2(log_fd, 2)
 sys.stdout.reconfigure(line_buffering=True)
 sys.stderr.reconfigure(line_buffering=True)
 
+from lps.errors import LPSError  # noqa: E402
+from lps.launch import LaunchSettings, launch  # noqa: E402
+
 results = Path(cfg["results_dir"]).absolute()
-executor = res.launch_executor
-argv = [sm.params.kind, "--executor", executor, "--jobs-dir", str(results / "jobs"),
-        "--time-min", str(res.launch_time_min)]
-if executor == "slurm":
-    argv += ["--partition", res.slurm_partition, "--account", res.slurm_account, "--gpus", str(res.slurm_gpus),
-             "--cpus", str(res.slurm_cpus), "--mem-gb", str(res.slurm_mem_gb),
-             "--max-timeouts", str(res.slurm_max_timeouts)]
-    for opt in cfg.get("slurm_sbatch") or []:
-        argv += ["--sbatch", opt]
+try:
+    settings = LaunchSettings(
+        executor=res.launch_executor, jobs_dir=str(results / "jobs"), time_min=int(res.launch_time_min),
+        partition=res.slurm_partition, account=res.slurm_account, gpus=int(res.slurm_gpus),
+        cpus=int(res.slurm_cpus), mem_gb=float(res.slurm_mem_gb), max_timeouts=int(res.slurm_max_timeouts),
+        sbatch=list(cfg.get("slurm_sbatch") or []))
+except LPSError as e:
+    print(f"lps.launch: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 site = [f"output_dir={results / 'runs'}", "train.progress=log"]
 if cfg.get("data_dir"):
@@ -38,11 +42,10 @@ if cfg.get("data_dir"):
 if cfg.get("imagenet_dir"):
     site.append(f"data.imagenet_dir={Path(cfg['imagenet_dir']).absolute()}")
 site.append(f"data.num_workers={cfg['num_workers']}")
-if executor != "slurm":
+if settings.executor != "slurm":
     site.append(f"train.threads={sm.threads}")
-argv += ["--", *sm.params.lps_args, *site]
+lps_args = [*sm.params.lps_args, *site]
 
-print("$ python -m lps.launch " + shlex.join(argv), flush=True)
-from lps.launch import main  # noqa: E402
-
-sys.exit(main(argv))
+print(f"[lps.launch] {sm.params.kind} with {settings}", flush=True)
+print("[lps.launch] lps args: " + shlex.join(lps_args), flush=True)
+sys.exit(launch(sm.params.kind, lps_args, settings))

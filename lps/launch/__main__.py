@@ -1,0 +1,5 @@
+import sys
+
+from lps.launch.cli import main
+
+sys.exit(main())
