@@ -90,7 +90,7 @@ class Workload:
     def train_fn(self, switches: dict):
         model, cl = self._model(switches)
         cls = METHODS.get("lps")
-        method = cls(cls.Params(**{k: v for k, v in self.cfg.method.items() if k != "name"}), self.ctx)
+        method = cls(self.cfg.method.params, self.ctx)
         opt = make_optimizer([p for p in model.parameters() if p.requires_grad], self.cfg.optim, CPU)
         g = torch.Generator().manual_seed(1)
         state = {"i": 0}

@@ -96,8 +96,30 @@ class PretrainConfig:
 
 
 @dataclass
+class MethodSpec:
+    """``method:`` of a resolved config: the registry name and the hyperparameters, typed once as the
+    method's ``Params`` dataclass (validated there). Serialises as ``{"name": ..., <param>: ...}``
+    (:func:`to_dict`, ``config.yaml``, the run identity); ``spec["margin_C"]`` reads a parameter."""
+
+    name: str
+    params: Any
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "name":
+            return self.name
+        try:
+            return getattr(self.params, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def items(self):
+        return to_dict(self).items()
+
+
+@dataclass
 class Config:
-    method: dict = field(default_factory=lambda: {"name": "lps"})
+    # a MethodSpec once build_config resolved it; the plain ``{"name": ...}`` mapping before
+    method: Any = field(default_factory=lambda: {"name": "lps"})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -205,6 +227,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 
 
 def to_dict(obj: Any) -> Any:
+    if isinstance(obj, MethodSpec):
+        return {"name": obj.name, **to_dict(obj.params)}
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -330,16 +354,15 @@ def apply_published_optim(data: dict) -> dict:
     return {**data, "optim": {**published, **given}}
 
 
-def resolve_method_params(method: dict) -> dict:
-    """Fill a method's hyperparameters from its dataclass defaults and check every given key."""
+def resolve_method_params(method: dict) -> MethodSpec:
+    """The method's ``Params`` from the given keys (the rest its dataclass defaults), each checked."""
     from lps.methods import METHODS
 
     if "name" not in method:
         raise LPSError("config key 'method.name' is missing (e.g. method.name=lps)")
     cls = METHODS.get(method["name"])
     params = {k: v for k, v in method.items() if k != "name"}
-    hp = from_dict(cls.Params, params, prefix="method")
-    return {"name": method["name"], **to_dict(hp)}
+    return MethodSpec(method["name"], from_dict(cls.Params, params, prefix="method"))
 
 
 def validate_config(cfg: Config) -> None:

@@ -63,15 +63,15 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def method_overrides(cfg, params_class) -> dict:
+def method_overrides(cfg) -> dict:
     """Method hyperparameters that differ from the defaults of the method's ``Params`` dataclass."""
-    defaults = dataclasses.asdict(params_class())
-    return {k: v for k, v in cfg.method.items() if k != "name" and defaults.get(k) != v}
+    params = cfg.method.params
+    defaults = dataclasses.asdict(type(params)())
+    return {k: v for k, v in dataclasses.asdict(params).items() if defaults.get(k) != v}
 
 
 def make_result_row(cfg, rid: str, metrics: dict, wall_time_s: float, device: str, git: str, libs: dict,
-                    n_seen: int, params_class) -> dict:
-    """The row of a finished run; ``params_class``: the method's ``Params`` (for the ``overrides`` column)."""
+                    n_seen: int) -> dict:
     from lps.config import to_dict
 
     def metric(k: str) -> float:
@@ -82,7 +82,7 @@ def make_result_row(cfg, rid: str, metrics: dict, wall_time_s: float, device: st
         "run_id": rid, "method": cfg.method_name, "dataset": cfg.data.dataset,
         "seen_class_ratio": float(cfg.data.seen_class_ratio), "label_ratio": float(cfg.data.label_ratio),
         "n_seen": int(n_seen), "freeze": cfg.model.freeze, "seed": int(cfg.train.seed),
-        "split_seed": int(cfg.data.split_seed), "overrides": json.dumps(method_overrides(cfg, params_class), sort_keys=True),
+        "split_seed": int(cfg.data.split_seed), "overrides": json.dumps(method_overrides(cfg), sort_keys=True),
         **{m: metric(m) for m in METRICS}, **{f"test_{m}": metric(f"test_{m}") for m in METRICS},
         "epochs": int(cfg.optim.epochs), "wall_time_s": float(wall_time_s), "device": device, "git_commit": git,
         "library_versions": json.dumps(libs, sort_keys=True), "config": json.dumps(to_dict(cfg), sort_keys=True),

@@ -157,7 +157,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
     # everything that can fail on user input happens before the run folder is written
     data, split, test_idx = prepare_data(cfg)
     method_cls = METHODS.get(cfg.method_name)
-    params = method_cls.Params(**{k: v for k, v in cfg.method.items() if k != "name"})
+    params = cfg.method.params
     seed_everything(derive_seed(cfg.train.seed, "init"))
     m = cfg.model
     model = build_model(m.arch, data.kind, data.channels, data.num_classes, m.width, m.stem_stride, m.head_scale)
@@ -278,7 +278,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
         row = make_result_row(cfg, rid, last_metrics, wall_time_s=_total_wall(run_dir, t_start, history_at_start),
                               device=device_label(device), git=folder_info["git_commit"],
                               libs=folder_info["libraries"],
-                              n_seen=split.n_seen, params_class=method_cls.Params)
+                              n_seen=split.n_seen)
         write_result(row, result_file)
         return row
 

@@ -512,7 +512,7 @@ def test_lps_step_matches_the_released_composition(epoch):
     y_lb = torch.tensor([0, 1, 0])
     cfg = build_config([], ["method=lps"])
     cls = METHODS.get("lps")
-    method = cls(cls.Params(**{a: b for a, b in cfg.method.items() if a != "name"}),
+    method = cls(cfg.method.params,
                  MethodContext(num_classes=k, n_seen=n_seen, n_labeled=6, n_unlabeled=20, epochs=epochs,
                                steps_per_epoch=1, feat_dim=k, device=torch.device("cpu")))
     method.on_epoch_start(epoch, None, None)

@@ -32,7 +32,7 @@ def make(name, n_lb=6, n_ulb=10, seed=0, **hp):
     torch.manual_seed(seed)
     cfg = build_config([], [f"method={name}"] + [f"method.{k}={v}" for k, v in hp.items()])
     cls = METHODS.get(name)
-    params = cls.Params(**{k: v for k, v in cfg.method.items() if k != "name"})
+    params = cfg.method.params
     model = OpenWorldModel(CifarResNet18(1, 4), K)
     ctx = MethodContext(num_classes=K, n_seen=N_SEEN, n_labeled=n_lb * 4, n_unlabeled=n_ulb * 4, epochs=4,
                         steps_per_epoch=3, feat_dim=model.backbone.out_dim, device=torch.device("cpu"))

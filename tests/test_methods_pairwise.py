@@ -57,7 +57,7 @@ class Passthrough(nn.Module):
 def make_method(name, k=4, n_seen=2, feat_dim=6, **hp):
     cls = METHODS.get(name)
     cfg = build_config([], [f"method={name}", *[f"method.{a}={b}" for a, b in hp.items()]])
-    params = cls.Params(**{a: b for a, b in cfg.method.items() if a != "name"})
+    params = cfg.method.params
     ctx = MethodContext(num_classes=k, n_seen=n_seen, n_labeled=10, n_unlabeled=10, epochs=10, steps_per_epoch=1,
                         feat_dim=feat_dim, device=torch.device("cpu"))
     return cls(params, ctx)

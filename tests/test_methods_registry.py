@@ -17,7 +17,7 @@ def make(name: str, freeze: str = "layer4", seed: int = 0):
     torch.manual_seed(seed)
     cfg = build_config([], [f"method={name}"])
     cls = METHODS.get(name)
-    params = cls.Params(**{k: v for k, v in cfg.method.items() if k != "name"})
+    params = cfg.method.params
     model = OpenWorldModel(CifarResNet18(1, 4), K)
     apply_freeze(model, freeze)
     ctx = MethodContext(num_classes=K, n_seen=N_SEEN, n_labeled=N_LB * 3, n_unlabeled=N_ULB * 3, epochs=5,
