@@ -104,15 +104,16 @@ def _stop(signum, frame):  # noqa: ARG001
 
 
 
-def launch(kind: str, lps_args: list[str], settings: LaunchSettings) -> int:
+def launch(kind: str, lps_args: list[str], settings: LaunchSettings, output: Path | None = None) -> int:
     """Run one training or pretraining with ``settings``; 0 once its output exists, 1 with a message
-    on stderr otherwise, 130 when interrupted."""
+    on stderr otherwise, 130 when interrupted. ``output``: the file the run writes, when the caller
+    knows it already (the workflow's planner does); else it is resolved from ``lps_args``."""
     a = settings
     out = None
     if a.executor != "none":
         signal.signal(signal.SIGTERM, _stop)
     try:
-        out = expected_output(kind, lps_args)
+        out = Path(output).absolute() if output is not None else expected_output(kind, lps_args)
         if a.executor == "none":
             run = run_name(kind, out)
             with run_lock(Path(a.jobs_dir).expanduser().absolute() / f"{run}.lock", run):

@@ -48,4 +48,5 @@ lps_args = [*sm.params.lps_args, *site]
 
 print(f"[lps.launch] {sm.params.kind} with {settings}", flush=True)
 print("[lps.launch] lps args: " + shlex.join(lps_args), flush=True)
-sys.exit(launch(sm.params.kind, lps_args, settings))
+# the planner named the output (lps.plan); the launcher does not resolve the config again
+sys.exit(launch(sm.params.kind, lps_args, settings, output=Path(sm.output[0])))
