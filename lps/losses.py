@@ -1,8 +1,10 @@
 """Loss functions of LPS and the OpenSSL baselines, as pure functions on tensors.
 
 Every function here is stateless: it takes tensors (and scalar hyperparameters) and returns a
-scalar tensor. Methods in :mod:`lps.methods` compose them, so an ablation is a weight of 0 or a
-switch, never new code. Equation numbers refer to the LPS paper (``shared/papers/lps_paper.md``,
+scalar tensor (a few return per-row terms or the labels a loss of the same family takes; their
+docstrings say so). Methods in :mod:`lps.methods` compose them, so an ablation is a weight of 0 or a
+switch, never new code. LPS's losses come first, then the baselines' (ORCA / NACH pairwise BCE,
+OpenNCD / GCD soft cross-entropy and SupCon, SSC's prototype SupCon, DS3L, RankStats, NACH, SsCL). Equation numbers refer to the LPS paper (``shared/papers/lps_paper.md``,
 Ye et al., "Bridging the Gap: Learning Pace Synchronization for Open-World Semi-Supervised
 Learning"). Where the authors' released code differs from the paper text, the released code is
 followed (see ``shared/REFERENCE.md``) and the docstring says so.
@@ -552,3 +554,84 @@ def prototype_supcon_loss(emb: Tensor, labels: Tensor, prototypes: Tensor, proto
         return emb.sum() * 0 + prototypes.sum() * 0
     per_anchor = -(log_prob.masked_fill(~positive, 0.0).sum(1)[anchors]) / n_pos[anchors]
     return per_anchor.mean().to(emb.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# further baselines: DS3L, RankStats, NACH, SsCL
+# --------------------------------------------------------------------------------------------
+
+
+def pi_model_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Per-row ``mean_k (softmax(logits_b) - softmax(logits_a).detach())^2`` (DS3L released
+    ``MSE_Loss``: target the detached first pass). Returns ``[N]``."""
+    return (F.softmax(logits_b, dim=1) - F.softmax(logits_a.detach(), dim=1)).pow(2).mean(1)
+
+
+def pairwise_bce_with_labels(prob_a: torch.Tensor, prob_b: torch.Tensor, same: torch.Tensor,
+                             eps: float = 1e-7) -> torch.Tensor:
+    """AutoNovel's pairwise BCE over all pairs: ``P_ab = <prob_a[a], prob_b[b]>``; the loss is the
+    mean over the ``N x N`` pairs of ``-log(P_ab + eps)`` where ``same[a, b]`` and
+    ``-log(1 - P_ab + eps)`` elsewhere (released ``BCE`` with ``PairEnum``).
+    ``prob_a, prob_b [N, K]``, ``same [N, N]`` bool. ``0`` (in the graph) for ``N == 0``."""
+    if prob_a.shape != prob_b.shape or same.shape != (prob_a.shape[0], prob_a.shape[0]):
+        raise ValueError(f"prob_a, prob_b [N, K] and same [N, N] do not match: {tuple(prob_a.shape)}, "
+                         f"{tuple(prob_b.shape)}, {tuple(same.shape)}")
+    if prob_a.shape[0] == 0:
+        return prob_a.sum() * 0 + prob_b.sum() * 0
+    p = prob_a @ prob_b.T  # [N, N]
+    p = torch.where(same, p, 1 - p)
+    return -(p + eps).log().mean()
+
+
+def distribution_alignment_loss(logits: torch.Tensor, targets: torch.Tensor, pi_hat: torch.Tensor,
+                                weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """NACH's distribution alignment: ``sum_i w_i * CE(z_i + log(pi_hat / u), y_i) / N``.
+
+    Every logit is shifted by ``log(pi_hat_k * K)`` (``u = 1/K``): classes the model already
+    over-predicts get a larger logit, so their cross-entropy (and gradient) shrinks.
+
+    Args:
+        logits: ``[N, K]`` (strong view).
+        targets: ``[N]`` pseudo-labels / labels.
+        pi_hat: ``[K]`` estimated class distribution (detached).
+        weights: ``[N]`` confidence mask (bool or float).
+        eps: clamp of ``pi_hat`` inside the log.
+
+    Returns:
+        ``[]`` scalar; ``0`` connected to the graph for ``N == 0``.
+    """
+    n, k = logits.shape
+    if n == 0:
+        return logits.sum() * 0
+    shift = torch.log(pi_hat.detach().float().clamp_min(eps) * k)  # log(pi_hat / u)
+    ce = F.cross_entropy(logits.float() + shift, targets.long(), reduction="none")
+    return (weights.to(ce.dtype) * ce).sum() / n
+
+
+def sscl_contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                          alpha: torch.Tensor, gamma: float, margin: float) -> torch.Tensor:
+    """SsCL's multi-positive contrastive loss, Eq. (5) / Appendix A.1, mean over queries:
+
+        ``l_i = log(1 + sum_{n} exp(gamma (s_in + m)) * sum_{p} exp(-gamma a_ip s_ip))``
+             ``= softplus(LSE_n(gamma (s_in + m)) + LSE_p(-gamma a_ip s_ip))``
+
+    Args:
+        sim: ``[Q, M]`` cosine similarities of queries to keys.
+        positive, negative: ``[Q, M]`` bool masks (disjoint).
+        alpha: ``[Q, M]`` self-paced weights of the positives (ignored elsewhere).
+        gamma: scale (1 / temperature); margin: ``m``.
+
+    Returns:
+        ``[]`` mean over the queries that have at least one positive and one negative; ``0``
+        (in the graph) if none has.
+    """
+    if not (sim.shape == positive.shape == negative.shape == alpha.shape):
+        raise ValueError("sim, positive, negative and alpha must all be [Q, M]")
+    valid = positive.any(1) & negative.any(1)
+    if not valid.any():
+        return sim.sum() * 0
+    s = sim[valid].float()
+    neg = torch.logsumexp((gamma * (s + margin)).masked_fill(~negative[valid], float("-inf")), dim=1)
+    pos = torch.logsumexp((-gamma * alpha[valid].float() * s).masked_fill(~positive[valid], float("-inf")), dim=1)
+    return F.softplus(neg + pos).mean().to(sim.dtype)
+

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from lps.config import build_config
 from lps.errors import LPSError
 from lps.clustering import hungarian_cluster_to_class, reject_and_cluster
-from lps.losses import prototype_supcon_loss, unique_unconfident_labels
+from lps.losses import (pairwise_bce_with_labels, pi_model_consistency, prototype_supcon_loss, sscl_contrastive_loss,
+                        unique_unconfident_labels)
 from lps.methods import METHODS, Batch, MethodContext
-from lps.methods.ds3l import head_directional_derivative, meta_surrogate, pi_model_consistency
+from lps.methods.ds3l import head_directional_derivative, meta_surrogate
 from lps.methods.dtc import student_t_assignment, target_distribution
-from lps.methods.rankstats import pairwise_bce_with_labels, ranking_pair_labels
-from lps.methods.sscl import calibrated_pseudo_labels, pick_random, sscl_contrastive_loss
+from lps.methods.rankstats import ranking_pair_labels
+from lps.methods.sscl import calibrated_pseudo_labels, pick_random
 from lps.methods.tracking import HistoryMean, IndexSlots, distribution_alignment, sigmoid_rampup
 from lps.models import CifarResNet18, OpenWorldModel
 

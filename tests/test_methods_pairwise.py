@@ -19,11 +19,11 @@ from lps.config import build_config
 from lps.errors import LPSError
 from lps.methods import METHODS, Batch, MethodContext
 from lps.clustering import semi_supervised_kmeans
-from lps.losses import soft_cross_entropy, supervised_contrastive_loss
+from lps.losses import distribution_alignment_loss, soft_cross_entropy, supervised_contrastive_loss
 from lps.methods.heads import freeze_classifier_head, group_prior, group_probabilities, prototype_probabilities
 from lps.methods.pairing import accept_neighbours, cosine_similarity_matrix, labeled_partners, nearest_neighbours, \
     pair_partners
-from lps.methods.nach import distribution_alignment_loss, novel_threshold, seen_novel_gap
+from lps.methods.nach import novel_threshold, seen_novel_gap
 from lps.methods.openncd import (cooccurrence_graph, match_groups_to_classes, prototype_affinity, spectral_groups)
 from lps.methods.orca import mean_uncertainty
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lps import losses
 from lps.methods.base import METHODS, Batch, check_range
 from lps.methods.open_world import RejectionParams, SeenClassifierMethod
 
@@ -67,12 +68,6 @@ class DS3LParams(RejectionParams):
         check_range(self, "rampup_fraction", lo=0)
         check_range(self, "meta_weight", lo=0)
         check_range(self, "hidden", lo=1)
-
-
-def pi_model_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
-    """Per-row ``mean_k (softmax(logits_b) - softmax(logits_a).detach())^2`` (DS3L released
-    ``MSE_Loss``: target the detached first pass). Returns ``[N]``."""
-    return (F.softmax(logits_b, dim=1) - F.softmax(logits_a.detach(), dim=1)).pow(2).mean(1)
 
 
 def head_directional_derivative(feats: torch.Tensor, weight: torch.Tensor, direction: torch.Tensor,
@@ -138,7 +133,7 @@ class DS3L(SeenClassifierMethod):
         coef = self.coefficient()
 
         ce = F.cross_entropy(z1s[:n_lb], batch.y_lb) if n_lb else z1s.sum() * 0
-        ell = pi_model_consistency(z1s, z2s)  # [B]
+        ell = losses.pi_model_consistency(z1s, z2s)  # [B]
         ell_lb = ell[:n_lb].mean() if n_lb else ell.sum() * 0
         ell_u = ell[n_lb:]
         w = self.wnet(F.softmax(z1s[n_lb:].detach(), dim=1))  # [n_ulb], gradient into the weight net only

@@ -109,31 +109,6 @@ def seen_novel_gap(probs: torch.Tensor, n_seen: int) -> float:
     return mean_seen - mean_novel
 
 
-def distribution_alignment_loss(logits: torch.Tensor, targets: torch.Tensor, pi_hat: torch.Tensor,
-                                weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """NACH's distribution alignment: ``sum_i w_i * CE(z_i + log(pi_hat / u), y_i) / N``.
-
-    Every logit is shifted by ``log(pi_hat_k * K)`` (``u = 1/K``): classes the model already
-    over-predicts get a larger logit, so their cross-entropy (and gradient) shrinks.
-
-    Args:
-        logits: ``[N, K]`` (strong view).
-        targets: ``[N]`` pseudo-labels / labels.
-        pi_hat: ``[K]`` estimated class distribution (detached).
-        weights: ``[N]`` confidence mask (bool or float).
-        eps: clamp of ``pi_hat`` inside the log.
-
-    Returns:
-        ``[]`` scalar; ``0`` connected to the graph for ``N == 0``.
-    """
-    n, k = logits.shape
-    if n == 0:
-        return logits.sum() * 0
-    shift = torch.log(pi_hat.detach().float().clamp_min(eps) * k)  # log(pi_hat / u)
-    ce = F.cross_entropy(logits.float() + shift, targets.long(), reduction="none")
-    return (weights.to(ce.dtype) * ce).sum() / n
-
-
 @METHODS.register("nach")
 class NACH(Method):
     Params = NACHParams
@@ -201,7 +176,7 @@ class NACH(Method):
 
         loss_ce = F.cross_entropy(z1[:n_lb], batch.y_lb) if n_lb else z1.sum() * 0
         pi_hat = losses.estimate_class_distribution(probs, mask)
-        loss_align = distribution_alignment_loss(z3, pl, pi_hat, mask)
+        loss_align = losses.distribution_alignment_loss(z3, pl, pi_hat, mask)
         reg = losses.entropy_regularizer(z1)
 
         loss = hp.w_entropy * reg + hp.w_bce * loss_bce + hp.w_ce * loss_ce + hp.w_align * loss_align

@@ -14,7 +14,7 @@ needed when one head covers every cluster):
   as released ``PairEnum``;
 - pairwise BCE on the pair probability ``P_ab = <softmax(z_a), softmax(z_bar_b)>``:
   ``-log(P + eps)`` for positive pairs, ``-log(1 - P + eps)`` for negative ones, averaged over
-  all pairs (:func:`pairwise_bce_with_labels`; :func:`lps.losses.pairwise_bce_loss` is its
+  all pairs (:func:`lps.losses.pairwise_bce_with_labels`; :func:`lps.losses.pairwise_bce_loss` is its
   positive-pairs-only special case up to the eps handling: that one clamps ``P`` to ``[eps, 1]``);
 - consistency ``MSE(softmax(z), softmax(z_bar))`` over all rows, weight
   ``w(t) = w_consistency * sigmoid_rampup(epoch, r * E)``.
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lps import losses
 from lps.methods.base import METHODS, Batch, check_range
 from lps.methods.open_world import ClusterMethod
 from lps.methods.tracking import sigmoid_rampup
@@ -62,22 +63,6 @@ def ranking_pair_labels(feats: torch.Tensor, topk: int) -> torch.Tensor:
     return (idx.unsqueeze(1) == idx.unsqueeze(0)).all(2)
 
 
-def pairwise_bce_with_labels(prob_a: torch.Tensor, prob_b: torch.Tensor, same: torch.Tensor,
-                             eps: float = 1e-7) -> torch.Tensor:
-    """AutoNovel's pairwise BCE over all pairs: ``P_ab = <prob_a[a], prob_b[b]>``; the loss is the
-    mean over the ``N x N`` pairs of ``-log(P_ab + eps)`` where ``same[a, b]`` and
-    ``-log(1 - P_ab + eps)`` elsewhere (released ``BCE`` with ``PairEnum``).
-    ``prob_a, prob_b [N, K]``, ``same [N, N]`` bool. ``0`` (in the graph) for ``N == 0``."""
-    if prob_a.shape != prob_b.shape or same.shape != (prob_a.shape[0], prob_a.shape[0]):
-        raise ValueError(f"prob_a, prob_b [N, K] and same [N, N] do not match: {tuple(prob_a.shape)}, "
-                         f"{tuple(prob_b.shape)}, {tuple(same.shape)}")
-    if prob_a.shape[0] == 0:
-        return prob_a.sum() * 0 + prob_b.sum() * 0
-    p = prob_a @ prob_b.T  # [N, N]
-    p = torch.where(same, p, 1 - p)
-    return -(p + eps).log().mean()
-
-
 @METHODS.register("rankstats")
 class RankStats(ClusterMethod):
     Params = RankStatsParams
@@ -94,7 +79,7 @@ class RankStats(ClusterMethod):
 
         loss_ce = F.cross_entropy(z[:n_lb], batch.y_lb) if n_lb else z.sum() * 0
         same = ranking_pair_labels(f[n_lb:].float(), hp.topk)
-        loss_bce = pairwise_bce_with_labels(p[n_lb:], p_bar[n_lb:], same, hp.bce_eps)
+        loss_bce = losses.pairwise_bce_with_labels(p[n_lb:], p_bar[n_lb:], same, hp.bce_eps)
         loss_mse = F.mse_loss(p, p_bar)
         w = hp.w_consistency * sigmoid_rampup(self.epoch, hp.rampup_fraction * self.ctx.epochs)
         loss = loss_ce + loss_bce + w * loss_mse

@@ -27,7 +27,7 @@ Two branches on one backbone, views weak (``DA_w``) and strong (``DA_s``):
   ``log(1 + sum_n exp(gamma (s_n + m)) * sum_p exp(-gamma a_p s_p))``, with the self-paced
   weight ``a_p = clamp(cos(query, v_c), 0, 1)`` (detached) for the mined positives of unlabeled
   queries, and 1 for the own key and for a labeled query's positives, which share its true label
-  (:func:`sscl_contrastive_loss`);
+  (:func:`lps.losses.sscl_contrastive_loss`);
 - class prototypes ``v_c``: class means of the labeled keys, refined with the prototype mixture
   (Eq. (4): ``lambda * x_c + (1 - lambda) * x_nearest``, ``lambda ~ Beta(1, 1)``, here mixed in
   the embedding space with an unlabeled key whose nearest prototype is ``c``), kept in a buffer
@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lps import losses
 from lps.methods.base import METHODS, Batch, check_range
 from lps.methods.open_world import RejectionParams, SeenClassifierMethod
 from lps.methods.tracking import HistoryMean, distribution_alignment
@@ -95,34 +96,6 @@ def calibrated_pseudo_labels(p_b: torch.Tensor, p_s: torch.Tensor, p_s_running: 
     if p_b.shape != p_s.shape:
         raise ValueError(f"p_b and p_s must have the same shape, got {tuple(p_b.shape)} and {tuple(p_s.shape)}")
     return distribution_alignment(p_b * p_s, p_s_running)
-
-
-def sscl_contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                          alpha: torch.Tensor, gamma: float, margin: float) -> torch.Tensor:
-    """SsCL's multi-positive contrastive loss, Eq. (5) / Appendix A.1, mean over queries:
-
-        ``l_i = log(1 + sum_{n} exp(gamma (s_in + m)) * sum_{p} exp(-gamma a_ip s_ip))``
-             ``= softplus(LSE_n(gamma (s_in + m)) + LSE_p(-gamma a_ip s_ip))``
-
-    Args:
-        sim: ``[Q, M]`` cosine similarities of queries to keys.
-        positive, negative: ``[Q, M]`` bool masks (disjoint).
-        alpha: ``[Q, M]`` self-paced weights of the positives (ignored elsewhere).
-        gamma: scale (1 / temperature); margin: ``m``.
-
-    Returns:
-        ``[]`` mean over the queries that have at least one positive and one negative; ``0``
-        (in the graph) if none has.
-    """
-    if not (sim.shape == positive.shape == negative.shape == alpha.shape):
-        raise ValueError("sim, positive, negative and alpha must all be [Q, M]")
-    valid = positive.any(1) & negative.any(1)
-    if not valid.any():
-        return sim.sum() * 0
-    s = sim[valid].float()
-    neg = torch.logsumexp((gamma * (s + margin)).masked_fill(~negative[valid], float("-inf")), dim=1)
-    pos = torch.logsumexp((-gamma * alpha[valid].float() * s).masked_fill(~positive[valid], float("-inf")), dim=1)
-    return F.softplus(neg + pos).mean().to(sim.dtype)
 
 
 def pick_random(candidates: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -204,7 +177,7 @@ class SsCL(SeenClassifierMethod):
                 a_q = a.gather(1, q_labels.clamp_min(0).unsqueeze(1))  # [B, 1]
                 unlabeled_query = torch.arange(b, device=keys.device) >= n_lb
                 alpha = torch.where(mined & unlabeled_query.unsqueeze(1), a_q.expand(b, m), alpha)
-        loss_ctr = sscl_contrastive_loss(query @ all_keys.T, positive, negative, alpha, hp.gamma, hp.margin)
+        loss_ctr = losses.sscl_contrastive_loss(query @ all_keys.T, positive, negative, alpha, hp.gamma, hp.margin)
 
         loss = loss_sup + hp.lambda_pl * loss_pl + hp.lambda_ctr * loss_ctr
         self._update_state(keys, batch, protos, ready)
