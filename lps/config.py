@@ -112,9 +112,6 @@ class MethodSpec:
         except AttributeError:
             raise KeyError(key) from None
 
-    def items(self):
-        return to_dict(self).items()
-
 
 @dataclass
 class Config:
@@ -240,6 +237,18 @@ def to_dict(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # YAML + overrides
+
+
+def flatten(d: dict, prefix: str = "", keep: tuple[str, ...] = ()) -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a mapping under a key in ``keep`` stays one value."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and k not in keep:
+            out.update(flatten(v, key, keep))
+        else:
+            out[key] = v
+    return out
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

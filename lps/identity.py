@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from lps.config import Config, to_dict
+from lps.config import Config, flatten, to_dict
 from lps.utils import stable_hash
 
 # keys that do not change what a run computes: excluded from the run id and the resume check
@@ -25,17 +25,6 @@ NON_SCIENTIFIC = {
     "train.threads", "train.progress", "train.eval_batch_size", "train.eval_test_every", "pretrain.checkpoint",
     "model.init",
 }
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict) and k != "method":
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def init_identity(init: str) -> str:
@@ -57,7 +46,7 @@ def init_identity(init: str) -> str:
 
 def run_identity(cfg: Config) -> dict:
     """The flattened scientific keys of a run's config (``model.init`` replaced by what it points to)."""
-    flat = _flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg), keep=("method",))  # method.* hashed as one mapping
     ident = {k: v for k, v in flat.items() if k not in NON_SCIENTIFIC}
     ident["model.init"] = init_identity(cfg.model.init)
     return ident

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from lps.config import Config, build_config, from_dict, load_yaml, overrides_to_dict, validate_config
+from lps.config import Config, build_config, flatten, from_dict, load_yaml, overrides_to_dict, validate_config
 from lps.errors import LPSError
 from lps.figures import FIGURES
 from lps.identity import pretrain_dir, run_id
@@ -45,15 +45,6 @@ def yaml_scalar(value: Any) -> str:
     # YAML's own spelling: 5.0e-05, not JSON's 5e-05 (which YAML 1.1 reads as a string)
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
     return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
-        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
-    return out
 
 
 def base_settings(set_config: dict) -> dict:

@@ -42,10 +42,8 @@ def submit_slurm(a: LaunchSettings, kind: str, lps_args: list[str], run: str, fo
     if a.account:
         params["slurm_account"] = a.account
     extra = {}
-    for kv in a.sbatch:
-        k, sep, v = kv.partition("=")
-        if not sep or not k:
-            raise LPSError(f"--sbatch {kv!r}: expected KEY=VALUE (e.g. --sbatch qos=high)")
+    for kv in a.sbatch:  # KEY=VALUE, checked by LaunchSettings
+        k, _, v = kv.partition("=")
         extra[k.lstrip("-")] = v
     if extra:
         params["slurm_additional_parameters"] = extra

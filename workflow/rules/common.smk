@@ -177,9 +177,6 @@ LAUNCH_THREADS = 1 if EXECUTOR == "slurm" else CONFIG["local_threads"]
 PRETRAIN_THREADS = 1 if EXECUTOR == "slurm" else max(CONFIG["local_threads"], os.cpu_count() or 1)
 
 
-FIGURE_CAPTIONS = {name: kind.caption for name, kind in FIGURE_KINDS.items()}
-
-
 def report_targets():
     """Everything the HTML report shows (and the files whose change makes it stale)."""
     out = [f"{RESULTS}/run_counts.md", f"{RESULTS}/convergence.md"]

@@ -22,7 +22,7 @@ rule figure:
         name=lambda wc: wc.fig,
         spec=lambda wc: FIGURES[wc.fig],
         cells=lambda wc: STUDY_CELLS[wc.fig],
-        caption=lambda wc: FIGURE_CAPTIONS[wc.fig],
+        caption=lambda wc: FIGURE_KINDS[wc.fig].caption,
     threads: CONFIG["local_threads"]
     localrule: True
     conda:
