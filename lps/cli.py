@@ -1,4 +1,4 @@
-"""Command line: ``lps {demo,pretrain,train,methods,show}``.
+"""Command line: ``lps {demo,pretrain,train,methods,show,status,plan}``.
 
 Every command takes config files (``-c FILE``, built-in names such as ``demo`` work too) and
 ``key=value`` overrides, e.g. ``lps train -c demo method=lps optim.lr=0.05 train.seed=1``.
@@ -99,12 +99,48 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from lps.status import status_main
+
+    try:
+        print(status_main(args.results, slurm=not args.no_slurm))
+    except FileNotFoundError as e:
+        raise LPSError(str(e)) from None
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from lps.status import cost_plan
+
+    try:
+        print(cost_plan(args.results, args.measured, jobs=args.jobs))
+    except FileNotFoundError as e:
+        raise LPSError(str(e)) from None
+    return 0
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="?", default="results", help="the workflow's results folder")
+    p.add_argument("--no-slurm", action="store_true", help="do not ask SLURM (results folder only)")
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="?", default="results",
+                   help="results folder whose plan.json (written by `snakemake -n`) is costed")
+    p.add_argument("--measured", action="append", default=[], metavar="RESULTS",
+                   help="another results folder whose runs' epoch times count too, e.g. a short "
+                        "calibration run on the target GPU (repeatable)")
+    p.add_argument("--jobs", type=int, default=32, help="jobs at once (the profile's `jobs:`)")
+
+
 COMMANDS = {
     "demo": ("pretrain + k-means baseline + LPS on Fashion-MNIST, print a table", cmd_demo, True),
     "pretrain": ("SimCLR pretraining of the backbone", cmd_pretrain, True),
     "train": ("train and evaluate one run (resumes automatically)", cmd_train, True),
     "methods": ("list registered methods and their hyperparameters", cmd_methods, False),
     "show": ("print the resolved config", cmd_show, True),
+    "status": ("where a workflow's runs stand, per table (results folder + SLURM)", cmd_status, _status_args),
+    "plan": ("jobs, device-hours and wall time per table of a planned set", cmd_plan, _plan_args),
 }
 
 
@@ -118,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     text, func, takes_config = COMMANDS[name]
     parser = argparse.ArgumentParser(prog=f"lps {name}", description=text)
-    if takes_config:
+    if callable(takes_config):
+        takes_config(parser)
+    elif takes_config:
         _add_config_args(parser)
     if name == "train":
         parser.add_argument("--init", help="backbone state_dict to start from ('scratch' for random init)")

@@ -42,6 +42,8 @@ class ModelConfig:
     width: int = 64  # base width of the CIFAR ResNet-18 (64 = the standard model)
     stem_stride: int = 1  # stride of the CIFAR ResNet-18's first conv (1 = the paper's model; 2: ~4x fewer FLOPs)
     freeze: Literal["layer4", "none"] = "layer4"  # layer4: only layer4 and the head train
+    frozen_bn: Literal["update", "fixed"] = "update"  # BatchNorm statistics of the frozen layers: update in
+    # train mode (the released code) or keep the pretrained ones (fixed: a frozen trunk is then a fixed function)
     head_scale: float = 10.0  # cosine classifier scale
     init: str = ""  # backbone state_dict to start from; "" -> the SimCLR checkpoint of `pretrain`
     init_strict: bool = True  # missing backbone keys in `init` are an error

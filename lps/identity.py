@@ -26,6 +26,10 @@ NON_SCIENTIFIC = {
     "model.init",
 }
 
+# settings added after runs were named, with the value that reproduces those runs: a key at that
+# value is left out of the identity, so adding a setting renames no existing run
+ADDED_DEFAULTS = {"model.frozen_bn": "update"}
+
 
 def init_identity(init: str) -> str:
     """What a run starts from, for its identity: the SimCLR pretraining of its config (whose settings
@@ -47,7 +51,8 @@ def init_identity(init: str) -> str:
 def run_identity(cfg: Config) -> dict:
     """The flattened scientific keys of a run's config (``model.init`` replaced by what it points to)."""
     flat = flatten(to_dict(cfg), keep=("method",))  # method.* hashed as one mapping
-    ident = {k: v for k, v in flat.items() if k not in NON_SCIENTIFIC}
+    ident = {k: v for k, v in flat.items()
+             if k not in NON_SCIENTIFIC and not (k in ADDED_DEFAULTS and ADDED_DEFAULTS[k] == v)}
     ident["model.init"] = init_identity(cfg.model.init)
     return ident
 

@@ -207,6 +207,20 @@ def apply_freeze(model: OpenWorldModel, policy: str) -> None:
         p.requires_grad_(not (policy == "layer4" and name.startswith(FROZEN_PREFIXES)))
 
 
+def set_train_mode(model: nn.Module, policy: str, frozen_bn: str) -> None:
+    """``model.train()``; with ``frozen_bn="fixed"`` and the ``layer4`` policy, the BatchNorm layers of
+    the frozen stages stay in eval mode: they normalise with the pretrained running statistics and do
+    not update them (``"update"``: every BatchNorm tracks the training batches, as released)."""
+    if frozen_bn not in ("update", "fixed"):
+        raise LPSError(f"unknown model.frozen_bn {frozen_bn!r} (update, fixed)")
+    model.train()
+    if frozen_bn == "fixed" and policy == "layer4":
+        backbone = model.backbone if hasattr(model, "backbone") else model
+        for name, mod in backbone.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (name + ".").startswith(FROZEN_PREFIXES):
+                mod.eval()
+
+
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 
 

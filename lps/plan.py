@@ -127,11 +127,12 @@ class Plan:
                  variant: str, overrides: dict, where: str, base: dict) -> None:
         cfg = self.set_config
         args = cell_args(cfg, base, method, dataset, seen, label, freeze, seed, overrides)
-        rid, pre, _ = self.resolve(args, f"{where} ({method}, {dataset}, variant {variant or 'default'!r})")
+        rid, pre, rcfg = self.resolve(args, f"{where} ({method}, {dataset}, variant {variant or 'default'!r})")
         self.runs.setdefault(rid, {"args": args, "method": method, "dataset": dataset, "seed": seed,
-                                   "pretrain": pre, "registered": method in METHODS})
+                                   "pretrain": pre, "registered": method in METHODS,
+                                   "epochs": rcfg.optim.epochs})
         if pre:
-            self.pretrain.setdefault(pre, {"args": args, "dataset": dataset})
+            self.pretrain.setdefault(pre, {"args": args, "dataset": dataset, "epochs": rcfg.pretrain.epochs})
         ds = cfg["datasets"][dataset]
         self.study_cells.setdefault(study, []).append({
             "run_id": rid, "method": method, "method_label": cfg["methods"][method].get("label", method),

@@ -41,7 +41,7 @@ from lps.evaluation import openssl_metrics
 from lps.identity import identity_hash, resolve_init, run_id
 from lps.methods import METHODS, Method, MethodContext
 from lps.methods.base import Batch
-from lps.models import apply_freeze, build_model, embed, load_init, use_channels_last
+from lps.models import apply_freeze, build_model, embed, load_init, set_train_mode, use_channels_last
 from lps.optim import lr_factor, make_optimizer, optimization_step
 from lps.results import make_result_row, read_result_row, write_result
 from lps.run_folder import RunFolder, holds_run
@@ -231,7 +231,7 @@ def train(cfg: Config, stop_after_steps: int = 0) -> dict:
                 g_idx = make_generator(derive_seed(cfg.train.seed, "batches", epoch))
                 g_aug = make_generator(derive_seed(cfg.train.seed, "augment", epoch), device)
                 index_batches = epoch_index_batches(labeled, unlabeled, b_lab, b_unl, steps, g_idx)
-                model.train()
+                set_train_mode(model, cfg.model.freeze, cfg.model.frozen_bn)
                 sums: dict[str, float] = {}
                 n_images = 0
                 for idx, (x, sizes) in zip(index_batches, train_images.batches(index_batches, device)):

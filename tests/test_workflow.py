@@ -268,3 +268,42 @@ def test_base_config_shares_lps_demo_pretraining(tmp_path):
     r = snakemake(tmp_path, "-n", "--config", f"experiment_set={write_set(tmp_path / 's3.yaml', s)}")
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "base_config" in out and "no_such_config" in out, out[-2000:]
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_partial_build_marks_missing_seeds(tmp_path):
+    """partial=true builds Table 1, the figures and the report from the finished runs only (a missing
+    seed shows as [n=2/3]), under results/partial/, runs nothing, and leaves the full target needing
+    every run."""
+    import base64
+
+    s = tiny_set()
+    s["seeds"] = [0, 1, 2]
+    s["methods"] = {"simclr_kmeans": {"label": "SimCLR"}}
+    s["tables"] = {"table1": {"paper_table": 1, "grid": {"method": ["simclr_kmeans"]}}}
+    s["figures"] = {}
+    tiny = write_set(tmp_path / "p.yaml", s)
+    cfg = ["--config", f"experiment_set={tiny}", "--cores", "2", "--jobs", "2"]
+    r = snakemake(tmp_path, *cfg)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    res = tmp_path / "results"
+    victim = next(res.glob("runs/simclr_kmeans-fashion_mnist-seed2-*/result.parquet"))
+    victim.unlink()
+    r = snakemake(tmp_path, *cfg[:2], "partial=true", *cfg[2:])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "rule train" not in out and not victim.exists()  # nothing ran
+    md = (res / "partial" / "tables" / "table1.md").read_text()
+    assert "[n=2/3]" in md, md
+    assert "[n=2/3]" not in (res / "tables" / "table1.md").read_text()  # the full tables are untouched
+    html = (res / "partial" / "report.html").read_text()
+    embedded = [base64.b64decode(m).decode(errors="replace")
+                for m in re.findall(r"data:text/[a-z]+;[^,\"']*base64,([A-Za-z0-9+/=]+)", html)]
+    assert any("[n=2/3]" in e for e in embedded), "the partial report's Table 1 lacks [n=2/3]"
+    # the full target still needs the missing run
+    r = snakemake(tmp_path, "-n", *cfg)
+    assert job_counts(r.stdout + r.stderr).get("train") == 1, (r.stdout + r.stderr)[-3000:]
+    # a second partial build with nothing new does nothing
+    r = snakemake(tmp_path, "-n", *cfg[:2], "partial=true", *cfg[2:])
+    assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]

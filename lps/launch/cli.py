@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
@@ -77,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                         "pickle before it is reported failed (failed states: at most 10 s)")
     p.add_argument("--unreachable-s", type=float, default=d.unreachable_s,
                    help="give up after SLURM has not answered for this long (the job keeps running)")
+    p.add_argument("--submit-retries", type=int, default=d.submit_retries,
+                   help="sbatch attempts after a transient failure (slurmctld busy or unreachable)")
+    p.add_argument("--submit-backoff-s", type=float, default=d.submit_backoff_s,
+                   help="seconds before the first sbatch retry; doubled after each")
     p.add_argument("lps_args", nargs="*", help=argparse.SUPPRESS)
     return p
 
@@ -99,6 +104,23 @@ def parse_args(argv: list[str] | None) -> tuple[str, list[str], LaunchSettings]:
     return a.kind, list(a.lps_args) + rest, settings
 
 
+NESTED_HELP = (
+    "this launcher runs {where} and would submit each run as a further SLURM job. The "
+    "workflow's SLURM path is the launcher itself (profiles/slurm: Snakemake runs on the login node and "
+    "submits through submitit), so Snakemake must not also submit its jobs: run `snakemake --profile "
+    "profiles/slurm` from a login node, without `--executor slurm` (check a global profile in "
+    "~/.config/snakemake or $SNAKEMAKE_PROFILE for `executor: slurm`). To run inside an allocation on "
+    "purpose (salloc/tmux on a compute node whose jobs may submit jobs), set LPS_ALLOW_NESTED_SLURM=1.")
+
+
+def refuse_nested(executor: str) -> None:
+    """A SLURM launcher inside a SLURM job: a Snakemake SLURM executor (plugin or global profile) put it
+    there, and each run would hold a job (and its GPUs) while waiting for the job it submitted."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if executor == "slurm" and job and os.environ.get("LPS_ALLOW_NESTED_SLURM", "") not in ("1", "true", "yes"):
+        raise LPSError(NESTED_HELP.format(where=f"inside SLURM job {job}"))
+
+
 def _stop(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -113,6 +135,7 @@ def launch(kind: str, lps_args: list[str], settings: LaunchSettings, output: Pat
     if a.executor != "none":
         signal.signal(signal.SIGTERM, _stop)
     try:
+        refuse_nested(a.executor)
         out = Path(output).absolute() if output is not None else expected_output(kind, lps_args)
         if a.executor == "none":
             run = run_name(kind, out)

@@ -38,6 +38,8 @@ class LaunchSettings:
     grace_s: float = 60  # how long a job that ended COMPLETED, or is unknown to SLURM, may lack its result
     #                      pickle before it is reported failed (failed states: at most 10 s)
     unreachable_s: float = 900  # give up after SLURM has not answered for this long (the job keeps running)
+    submit_retries: int = 4  # sbatch attempts after a transient failure (slurmctld busy or unreachable)
+    submit_backoff_s: float = 10  # wait before the first retry; doubled after each
 
     def __post_init__(self) -> None:
         self.sbatch = list(self.sbatch or [])
@@ -45,11 +47,14 @@ class LaunchSettings:
         self.account = self.account or ""
         if self.executor not in ("none", "local", "slurm"):
             raise LPSError(f"launch executor must be none, local or slurm, got {self.executor!r}")
-        for name, lo in (("gpus", 0), ("cpus", 1), ("time_min", 1), ("max_timeouts", 0), ("signal_delay_s", 0)):
+        for name, lo in (("gpus", 0), ("cpus", 1), ("time_min", 1), ("max_timeouts", 0), ("signal_delay_s", 0),
+                         ("submit_retries", 0)):
             if getattr(self, name) < lo:
                 raise LPSError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}")
-        if self.mem_gb <= 0 or self.poll_s <= 0 or self.grace_s < 0 or self.unreachable_s <= 0:
-            raise LPSError("--mem-gb, --poll-s and --unreachable-s must be > 0, --grace-s >= 0")
+        if self.mem_gb <= 0 or self.poll_s <= 0 or self.grace_s < 0 or self.unreachable_s <= 0 or \
+                self.submit_backoff_s < 0:
+            raise LPSError("--mem-gb, --poll-s and --unreachable-s must be > 0, --grace-s and "
+                           "--submit-backoff-s >= 0")
         for kv in self.sbatch:
             k, sep, _ = kv.partition("=")
             if not sep or not k:

@@ -14,7 +14,7 @@ from lps.launch.diagnosis import describe_failure
 from lps.launch.job import Job, run_name, say
 from lps.launch.records import Paths, atomic_write_json, read_json, read_result, run_lock
 from lps.launch.settings import LaunchSettings
-from lps.launch.slurm_state import HELD_STATES, SlurmState, find_active_job, slurm_state
+from lps.launch.slurm_state import HELD_STATES, SharedSlurmView, SlurmState, find_active_job, slurm_state
 
 FAILED_GRACE_S = 10  # how long a failed state must last before it is reported (requeues are immediate)
 
@@ -27,6 +27,32 @@ def signal_delay(time_min: int) -> int:
     the limit comes 0-30 s late. The handler needs only seconds: the trainer checkpoints every epoch,
     ``Job.checkpoint`` just requeues."""
     return int(max(15, min(90, time_min * 6)))
+
+
+# sbatch messages of a controller that is busy, restarting or briefly unreachable: worth another try
+TRANSIENT_SBATCH = re.compile(
+    r"socket timed out|unable to contact slurm controller|temporarily unable|resource temporarily "
+    r"unavailable|connection (refused|timed out|reset)|zero bytes were transmitted|slurmctld.*(busy|not "
+    r"responding)|try again|eagain", re.I)
+
+
+def is_transient(message: str) -> bool:
+    return bool(TRANSIENT_SBATCH.search(message))
+
+
+def _remove_unsubmitted(folder: Path, t0: float) -> None:
+    """submitit's files for a job that was never submitted."""
+    for tmp in folder.glob("*"):
+        if re.fullmatch(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh", tmp.name) and \
+                tmp.stat().st_mtime >= t0 - 1:
+            tmp.unlink(missing_ok=True)
+
+
+def _cmd_quiet(args: list[str]) -> None:
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(args, capture_output=True, timeout=60, check=False)
 
 
 def submit_slurm(a: LaunchSettings, kind: str, lps_args: list[str], run: str, folder: Path) -> str:
@@ -52,16 +78,30 @@ def submit_slurm(a: LaunchSettings, kind: str, lps_args: list[str], run: str, fo
     except ValueError as e:
         raise LPSError(f"{run}: invalid SLURM parameters: {e}") from None
     t0 = time.time()
-    try:
-        job = ex.submit(Job(kind, lps_args))
-    except Exception as e:  # noqa: BLE001  (sbatch's own message says what it rejected)
-        for tmp in folder.glob("*"):  # submitit's files for the job that was never submitted
-            if re.fullmatch(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh", tmp.name) and \
-                    tmp.stat().st_mtime >= t0 - 1:
-                tmp.unlink(missing_ok=True)
-        detail = getattr(e, "output", None) or getattr(e, "stderr", None) or ""
-        raise LPSError(f"{run}: sbatch failed: {e} {detail}".strip() +
-                       "\n  check --partition/--account/--gpus/--cpus/--mem-gb/--time-min against `sinfo`") from None
+    for attempt in range(a.submit_retries + 1):
+        try:
+            job = ex.submit(Job(kind, lps_args))
+            break
+        except Exception as e:  # noqa: BLE001  (sbatch's own message says what it rejected)
+            _remove_unsubmitted(folder, t0)
+            detail = getattr(e, "output", None) or getattr(e, "stderr", None) or ""
+            message = f"{e} {detail}".strip()
+            if not is_transient(message) or attempt == a.submit_retries:
+                tried = f" (after {attempt + 1} attempts)" if attempt else ""
+                raise LPSError(f"{run}: sbatch failed{tried}: {message}" + (
+                    "" if is_transient(message) else
+                    "\n  check --partition/--account/--gpus/--cpus/--mem-gb/--time-min against `sinfo`")) from None
+            # the controller may have accepted the job before the answer was lost: its submitit pickle
+            # is gone, so it could not run; cancel it rather than run the training twice
+            ghost = find_active_job(run, folder)
+            if ghost:
+                _cmd_quiet(["scancel", ghost])
+                say(f"{run}: cancelled job {ghost}, submitted by the failed sbatch without its job file")
+            wait = a.submit_backoff_s * 2 ** attempt
+            last_line = message.strip().splitlines()[-1] if message.strip() else "no message"
+            say(f"{run}: sbatch failed transiently ({last_line}); retry {attempt + 1}/{a.submit_retries} "
+                f"in {wait:.0f} s")
+            time.sleep(wait)
     paths = Paths(folder, job.job_id)
     # a result pickle left by an earlier cluster incarnation that reused this job id
     with contextlib.suppress(OSError):
@@ -74,6 +114,8 @@ def wait_slurm(a: LaunchSettings, run: str, job_id: str, paths: Paths, out: Path
     """Wait until the job has written its result; raise LPSError on failure (never waits forever on a
     job that has ended)."""
     t0 = time.monotonic()
+    view = SharedSlurmView(Path(a.jobs_dir).expanduser().absolute(), ttl=a.poll_s)
+    submitted = float(rec.get("submitted_unix") or 0.0)  # a snapshot older than the job does not list it
     next_query = 0.0
     last = None
     deadline = None  # set while the job looks ended without a result
@@ -97,7 +139,7 @@ def wait_slurm(a: LaunchSettings, run: str, job_id: str, paths: Paths, out: Path
         now = time.monotonic()
         if now >= next_query:
             next_query = now + a.poll_s
-            st = slurm_state(job_id)
+            st = view.state(job_id, not_before=submitted)
             if st is None:
                 unreachable_since = unreachable_since or now
                 if now - unreachable_since > a.unreachable_s:

@@ -5,14 +5,16 @@
 
 rule collect:
     input:
-        all_results(),
+        needs(all_results()),
     output:
-        runs=f"{RESULTS}/runs.parquet",
-        epochs=f"{RESULTS}/epochs.parquet",
+        runs=f"{AGG}/runs.parquet",
+        epochs=f"{AGG}/epochs.parquet",
     log:
-        f"{RESULTS}/logs/collect.log",
+        f"{AGG}/logs/collect.log",
     benchmark:
-        f"{RESULTS}/benchmarks/collect.tsv"
+        f"{AGG}/benchmarks/collect.tsv"
+    params:
+        results=all_results(),
     localrule: True
     conda:
         "../envs/lps.yaml"
@@ -23,14 +25,14 @@ rule collect:
 rule run_counts:
     output:
         report(
-            f"{RESULTS}/run_counts.md",
+            f"{AGG}/run_counts.md",
             category="Run counts",
             caption="../report/run_counts.rst",
         ),
     log:
-        f"{RESULTS}/logs/run_counts.log",
+        f"{AGG}/logs/run_counts.log",
     benchmark:
-        f"{RESULTS}/benchmarks/run_counts.tsv"
+        f"{AGG}/benchmarks/run_counts.tsv"
     params:
         text=run_counts_markdown(PLAN),
     localrule: True
@@ -42,16 +44,16 @@ rule run_counts:
 
 rule convergence:
     input:
-        f"{RESULTS}/epochs.parquet",
+        f"{AGG}/epochs.parquet",
     output:
-        parquet=f"{RESULTS}/convergence.parquet",
+        parquet=f"{AGG}/convergence.parquet",
         md=report(
-            f"{RESULTS}/convergence.md",
+            f"{AGG}/convergence.md",
             category="Convergence",
             caption="../report/convergence.rst",
         ),
     log:
-        f"{RESULTS}/logs/convergence.log",
+        f"{AGG}/logs/convergence.log",
     localrule: True
     conda:
         "../envs/lps.yaml"

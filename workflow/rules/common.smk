@@ -28,6 +28,7 @@ from lps.figures import FIGURES as FIGURE_KINDS
 from lps.launch.settings import LaunchSettings
 from lps.methods import METHODS
 from lps.plan import plan, run_counts_markdown
+from lps.status import write_manifest
 
 min_version("9.0")
 
@@ -70,6 +71,9 @@ def load_config(snakemake_config):
         raise WorkflowError(f"experiment set {path}: {e}")
     merged = deep_merge(deep_merge(set_config, dict(snakemake_config)), env)
     merged["experiment_set"] = str(path)
+    if isinstance(merged.get("partial"), str):  # `--config partial=true` passes a string
+        merged["partial"] = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+            merged["partial"].lower(), merged["partial"])
     for key, value in LaunchSettings.workflow_defaults().items():  # the launcher's defaults, written once
         if merged.get(key) is None:
             merged[key] = value
@@ -89,8 +93,30 @@ CONFIG = load_config(config)
 config.clear()
 config.update(CONFIG)  # scripts see the merged, validated config as snakemake.config
 RESULTS = str(Path(CONFIG["results_dir"]))  # normalised: no trailing separator
+# partial=true: tables, figures and report from the finished runs only, under <results>/partial/ (the
+# full target still needs every run); its rules declare no run as input, so it builds beside a running
+# workflow without competing for Snakemake's lock (`snakemake --config partial=true --nolock` is not needed)
+PARTIAL = bool(CONFIG.get("partial"))
+AGG = f"{RESULTS}/partial" if PARTIAL else RESULTS
+if PARTIAL and CONFIG.get("report_html"):
+    CONFIG["report_html"] = f"{AGG}/{Path(CONFIG['report_html']).name}"
+    config["report_html"] = CONFIG["report_html"]
 SEEDS = CONFIG["seeds"]
 EXECUTOR = CONFIG["launch_executor"]
+
+
+def refuse_nested_executor():
+    """launch_executor=slurm submits every run itself (lps.launch): a Snakemake executor that also
+    submits jobs (--executor slurm, often from a global profile) would wrap each launcher in a job."""
+    if EXECUTOR == "slurm" and not workflow.local_exec and not workflow.dryrun:
+        from lps.launch.cli import NESTED_HELP
+
+        where = "under a Snakemake executor that submits every rule as a job"
+        raise WorkflowError("lps: " + NESTED_HELP.format(where=where))
+
+
+onstart:
+    refuse_nested_executor()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,6 +132,8 @@ STUDY_CELLS = PLAN.study_cells  # table or figure name -> list of cell dicts (on
 TABLE_SPECS = PLAN.tables
 FIGURES = PLAN.figures
 UNREGISTERED = PLAN.unregistered
+if not PARTIAL:
+    write_manifest(PLAN, RESULTS)  # what `lps status` / `lps plan RESULTS` read (lps.status)
 if UNREGISTERED:
     logger.warning(
         f"lps: methods {UNREGISTERED} are declared in the experiment set but not registered in "
@@ -149,11 +177,20 @@ def train_inputs(wildcards):
 
 
 def study_results(study):
-    return sorted({run_result(c["run_id"]) for c in STUDY_CELLS[study]})
+    """The result files a table or figure reads: all of its runs; with partial=true the finished ones."""
+    files = sorted({run_result(c["run_id"]) for c in STUDY_CELLS[study]})
+    return [f for f in files if os.path.exists(f)] if PARTIAL else files
 
 
 def all_results():
-    return sorted(run_result(r) for r in RUNS)
+    files = sorted(run_result(r) for r in RUNS)
+    return [f for f in files if os.path.exists(f)] if PARTIAL else files
+
+
+def needs(files):
+    """A rule's inputs: ``files``, or none with partial=true (the finished runs are then a parameter,
+    a rerun trigger: a table rebuilds when another run has finished)."""
+    return [] if PARTIAL else files
 
 
 def launch_resources(kind):
@@ -179,11 +216,11 @@ PRETRAIN_THREADS = 1 if EXECUTOR == "slurm" else max(CONFIG["local_threads"], os
 
 def report_targets():
     """Everything the HTML report shows (and the files whose change makes it stale)."""
-    out = [f"{RESULTS}/run_counts.md", f"{RESULTS}/convergence.md"]
-    out += [f"{RESULTS}/tables/{t}.{ext}" for t in TABLE_SPECS for ext in ("parquet", "csv", "md")]
+    out = [f"{AGG}/run_counts.md", f"{AGG}/convergence.md"]
+    out += [f"{AGG}/tables/{t}.{ext}" for t in TABLE_SPECS for ext in ("parquet", "csv", "md")]
     for name in FIGURE_NAMES:
         if FIGURES.get(name):
-            out += [f"{RESULTS}/figures/{name}.png", f"{RESULTS}/figures/{name}.pdf"]
+            out += [f"{AGG}/figures/{name}.png", f"{AGG}/figures/{name}.pdf"]
     return out
 
 
@@ -192,5 +229,8 @@ def all_targets():
     consumers are up to date (snakemake/snakemake#1978), so without this, deleting a run's result
     would not rerun it. With it, that run reruns, and the tables, figures and collections that read it
     follow by modification time."""
-    return [*all_results(), f"{RESULTS}/runs.parquet", f"{RESULTS}/epochs.parquet", *report_targets()]
+    collected = [f"{AGG}/runs.parquet", f"{AGG}/epochs.parquet"]
+    if PARTIAL:
+        return [*collected, *report_targets()]
+    return [*all_results(), *collected, *report_targets()]
 

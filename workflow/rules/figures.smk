@@ -5,20 +5,21 @@
 
 rule figure:
     input:
-        lambda wc: study_results(wc.fig),
+        lambda wc: needs(study_results(wc.fig)),
     output:
         png=report(
-            f"{RESULTS}/figures/{{fig}}.png",
+            f"{AGG}/figures/{{fig}}.png",
             category="Figures",
             caption="../report/figure.rst",
             labels={"figure": "{fig}"},
         ),
-        pdf=f"{RESULTS}/figures/{{fig}}.pdf",
+        pdf=f"{AGG}/figures/{{fig}}.pdf",
     log:
-        f"{RESULTS}/logs/figures/{{fig}}.log",
+        f"{AGG}/logs/figures/{{fig}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/figures/{{fig}}.tsv"
+        f"{AGG}/benchmarks/figures/{{fig}}.tsv"
     params:
+        results=lambda wc: study_results(wc.fig),
         name=lambda wc: wc.fig,
         spec=lambda wc: FIGURES[wc.fig],
         cells=lambda wc: STUDY_CELLS[wc.fig],

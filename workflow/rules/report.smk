@@ -17,16 +17,16 @@ def write_report_if_stale():
         p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in sources
     ):
         return
-    Path(RESULTS, "logs").mkdir(parents=True, exist_ok=True)
-    dump = Path(RESULTS, "logs", "report_config.yaml")
+    Path(AGG, "logs").mkdir(parents=True, exist_ok=True)
+    dump = Path(AGG, "logs", "report_config.yaml")
     dump.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", workflow.main_snakefile, "--directory", os.getcwd(),
            "--configfile", str(dump.absolute()), "--report", str(report_path), "--nolock", "--quiet", "all"]
     logger.info(f"writing the report: {report_path}")
-    with open(Path(RESULTS, "logs", "report.log"), "w") as log:
+    with open(Path(AGG, "logs", "report.log"), "w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     if rc != 0:
-        logger.warning(f"writing {report_path} failed; see {RESULTS}/logs/report.log "
+        logger.warning(f"writing {report_path} failed; see {AGG}/logs/report.log "
                        f"(retry: snakemake --report {report_path} with the same options)")
 
 

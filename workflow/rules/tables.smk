@@ -6,28 +6,29 @@
 
 rule table:
     input:
-        lambda wc: study_results(wc.table),
+        lambda wc: needs(study_results(wc.table)),
     output:
-        parquet=f"{RESULTS}/tables/{{table}}.parquet",
+        parquet=f"{AGG}/tables/{{table}}.parquet",
         csv=report(
-            f"{RESULTS}/tables/{{table}}.csv",
+            f"{AGG}/tables/{{table}}.csv",
             category="Tables",
             subcategory="{table}",
             caption="../report/table.rst",
             labels={"table": "{table}", "format": "csv"},
         ),
         md=report(
-            f"{RESULTS}/tables/{{table}}.md",
+            f"{AGG}/tables/{{table}}.md",
             category="Tables",
             subcategory="{table}",
             caption="../report/table.rst",
             labels={"table": "{table}", "format": "markdown"},
         ),
     log:
-        f"{RESULTS}/logs/tables/{{table}}.log",
+        f"{AGG}/logs/tables/{{table}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/tables/{{table}}.tsv"
+        f"{AGG}/benchmarks/tables/{{table}}.tsv"
     params:
+        results=lambda wc: study_results(wc.table),
         spec=lambda wc: TABLE_SPECS[wc.table],
         cells=lambda wc: STUDY_CELLS[wc.table],
     localrule: True

@@ -10,8 +10,8 @@ from lps.errors import LPSError  # noqa: E402
 from lps.tables import collect_epochs, collect_runs  # noqa: E402
 
 try:
-    runs = collect_runs(sm.input)
-    epochs = collect_epochs(sm.input)
+    runs = collect_runs(sm.params.results)
+    epochs = collect_epochs(sm.params.results)
 except LPSError as e:
     print(f"collect: {e}")
     sys.exit(1)

@@ -8,5 +8,5 @@ sys.stdout = sys.stderr = open(sm.log[0], "w", buffering=1)  # messages and trac
 import lps  # noqa: E402,F401
 from lps.figures import make_figure  # noqa: E402
 
-make_figure(sm.params.name, sm.params.spec, sm.params.cells, sm.input, png=sm.output.png, pdf=sm.output.pdf,
+make_figure(sm.params.name, sm.params.spec, sm.params.cells, sm.params.results, png=sm.output.png, pdf=sm.output.pdf,
             log=sys.stdout, threads=sm.threads)

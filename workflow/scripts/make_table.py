@@ -8,7 +8,7 @@ sys.stdout = sys.stderr = open(sm.log[0], "w", buffering=1)  # messages and trac
 import lps  # noqa: E402,F401
 from lps.tables import build_table, collect_runs, write_table  # noqa: E402
 
-runs = collect_runs(sm.input)
+runs = collect_runs(sm.params.results)
 table = build_table(runs, sm.params.cells, sm.params.spec)
 write_table(table, parquet=sm.output.parquet, csv=sm.output.csv, md=sm.output.md)
 print(table.markdown)
