@@ -218,7 +218,7 @@ def dry_run_jobs(p: Plan) -> dict[str, int]:
     """The jobs of a dry run from scratch, per rule (``snakemake -n`` prints the same)."""
     return {"prepare_data": len({r["dataset"] for r in p.runs.values()}), "pretrain": len(p.pretrain),
             "train": len(p.runs), "collect": 1, "run_counts": 1, "table": len(p.tables), "figure": len(p.figures),
-            "convergence": 1, "all": 1}
+            "convergence": 1, "spent": 1, "all": 1}
 
 
 def run_counts_markdown(p: Plan) -> str:

@@ -347,3 +347,19 @@ def cost_plan(results: str | Path, measured_in: list[str | Path] = (), jobs: int
                  f"({sum(len(v) for k, v in per.items() if len(k) == 3)} runs measured); wall: with {jobs} jobs "
                  "at once, never less than the longest run")
     return "\n".join(lines)
+
+
+def spent_markdown(runs, study_runs: dict[str, list[str]]) -> str:
+    """Device-hours actually spent per table and figure (the report's ``spent.md``): the summed wall
+    time of its finished runs (``runs``: a ``runs.parquet`` frame; one device per job), a run shared
+    by several tables counted in each, and once in the total."""
+    wall = dict(zip(runs["run_id"], runs["wall_time_s"].astype(float)))
+    devices = sorted(set(runs["device"].astype(str))) if len(runs) else []
+    lines = ["| table / figure | finished runs | device-hours | mean per run (min) |", "|---|---:|---:|---:|"]
+    for study, ids in study_runs.items():
+        done = [wall[r] for r in dict.fromkeys(ids) if r in wall]
+        mean = f"{sum(done) / len(done) / 60:.1f}" if done else "–"
+        lines.append(f"| {study} | {len(done)}/{len(set(ids))} | {sum(done) / 3600:.2f} | {mean} |")
+    lines.append(f"| all (distinct runs) | {len(wall)} | {sum(wall.values()) / 3600:.2f} | "
+                 f"{(sum(wall.values()) / len(wall) / 60) if wall else 0:.1f} |")
+    return "\n".join(lines) + f"\n\nDevices: {', '.join(devices) or '–'}. Pretraining jobs are not included.\n"

@@ -45,7 +45,7 @@ def test_paper_set_plans_the_dry_runs_jobs(paper):
     jobs = dry_run_jobs(p)
     # the same numbers tests/test_workflow.py reads from `snakemake -n --profile profiles/slurm`
     assert jobs == {"prepare_data": 3, "pretrain": 3, "train": 432, "collect": 1, "run_counts": 1, "table": 9,
-                    "figure": 4, "convergence": 1, "all": 1}
+                    "figure": 4, "convergence": 1, "spent": 1, "all": 1}
     assert {r["dataset"] for r in p.runs.values()} == {"cifar10", "cifar100", "imagenet100"}
     assert p.unregistered == []
 

@@ -24,7 +24,7 @@ SNAKEFILE = REPO / "Snakefile"
 
 # the paper set (workflow/RUN_COUNTS.md): Tables 1-9 + Fig. 6, 3 seeds, deduplicated by run id
 PAPER_JOBS = {"prepare_data": 3, "pretrain": 3, "train": 432, "collect": 1, "run_counts": 1, "table": 9,
-              "figure": 4, "convergence": 1, "all": 1}
+              "figure": 4, "convergence": 1, "spent": 1, "all": 1}
 
 
 def snakemake(workdir: Path, *args: str, profile: str | None = "local", timeout: float = 600) -> subprocess.CompletedProcess:
@@ -192,7 +192,7 @@ def test_end_to_end_rerun_and_partial_rerun(tmp_path):
     out = r.stdout + r.stderr
     counts = job_counts(out)
     # the default LPS point, seed 1: Table 1 and Table 4 (row "full"), Fig. 2 and Fig. 4
-    assert counts == {"train": 1, "collect": 1, "convergence": 1, "table": 2, "figure": 2, "all": 1}, out[-3000:]
+    assert counts == {"train": 1, "collect": 1, "convergence": 1, "spent": 1, "table": 2, "figure": 2, "all": 1}, out[-3000:]
     assert planned_outputs(out, "train") == {f"results/runs/{rid}/result.parquet"}
     assert planned_outputs(out, "figure") == {f"results/figures/{f}.{e}" for f in ("fig2", "fig4")
                                               for e in ("png", "pdf")}
@@ -213,7 +213,8 @@ def test_end_to_end_rerun_and_partial_rerun(tmp_path):
     write_set(tiny, data)
     r = snakemake(tmp_path, "-n", *cfg)
     out = r.stdout + r.stderr
-    assert job_counts(out) == {"train": 2, "collect": 1, "convergence": 1, "table": 1, "run_counts": 1, "all": 1}, \
+    assert job_counts(out) == {"train": 2, "collect": 1, "convergence": 1, "spent": 1, "table": 1, "run_counts": 1,
+                               "all": 1}, \
         out[-3000:]
     assert planned_outputs(out, "table") >= {"results/tables/table4.md"}
 

@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None) -> tuple[str, list[str], LaunchSettings]:
 
 
 NESTED_HELP = (
-    "this launcher runs {where} and would submit each run as a further SLURM job. The "
+    "{who} runs {where} and would submit each run as a further SLURM job. The "
     "workflow's SLURM path is the launcher itself (profiles/slurm: Snakemake runs on the login node and "
     "submits through submitit), so Snakemake must not also submit its jobs: run `snakemake --profile "
     "profiles/slurm` from a login node, without `--executor slurm` (check a global profile in "
@@ -113,12 +113,35 @@ NESTED_HELP = (
     "purpose (salloc/tmux on a compute node whose jobs may submit jobs), set LPS_ALLOW_NESTED_SLURM=1.")
 
 
+def nested_allowed() -> bool:
+    return os.environ.get("LPS_ALLOW_NESTED_SLURM", "") in ("1", "true", "yes")
+
+
 def refuse_nested(executor: str) -> None:
     """A SLURM launcher inside a SLURM job: a Snakemake SLURM executor (plugin or global profile) put it
     there, and each run would hold a job (and its GPUs) while waiting for the job it submitted."""
     job = os.environ.get("SLURM_JOB_ID")
-    if executor == "slurm" and job and os.environ.get("LPS_ALLOW_NESTED_SLURM", "") not in ("1", "true", "yes"):
-        raise LPSError(NESTED_HELP.format(where=f"inside SLURM job {job}"))
+    if executor == "slurm" and job and not nested_allowed():
+        raise LPSError(NESTED_HELP.format(who="this launcher", where=f"inside SLURM job {job}"))
+
+
+def resolve_output(kind: str, lps_args: list[str]) -> Path:
+    """The run's output path, resolved in a child process: resolving a config imports torch (~500 MB
+    resident), which a launcher that only waits for its job should not keep."""
+    import json
+    import subprocess
+
+    code = ("import json, sys; from lps.errors import LPSError; from lps.launch.job import expected_output\n"
+            "try: print(json.dumps({'out': str(expected_output(sys.argv[1], sys.argv[2:]))}))\n"
+            "except LPSError as e: print(json.dumps({'error': str(e)}))")
+    r = subprocess.run([sys.executable, "-c", code, kind, *lps_args], capture_output=True, text=True)
+    try:
+        answer = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise LPSError(f"could not resolve the run's config: {r.stderr.strip()[-2000:]}") from None
+    if "error" in answer:
+        raise LPSError(answer["error"])
+    return Path(answer["out"])
 
 
 def _stop(signum, frame):  # noqa: ARG001
@@ -136,7 +159,12 @@ def launch(kind: str, lps_args: list[str], settings: LaunchSettings, output: Pat
         signal.signal(signal.SIGTERM, _stop)
     try:
         refuse_nested(a.executor)
-        out = Path(output).absolute() if output is not None else expected_output(kind, lps_args)
+        if output is not None:
+            out = Path(output).absolute()
+        elif a.executor == "none":  # the run happens in this process: resolving here costs nothing more
+            out = expected_output(kind, lps_args)
+        else:
+            out = resolve_output(kind, lps_args)
         if a.executor == "none":
             run = run_name(kind, out)
             with run_lock(Path(a.jobs_dir).expanduser().absolute() / f"{run}.lock", run):

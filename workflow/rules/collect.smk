@@ -59,3 +59,23 @@ rule convergence:
         "../envs/lps.yaml"
     script:
         "../scripts/convergence.py"
+
+
+rule spent:
+    input:
+        f"{AGG}/runs.parquet",
+    output:
+        report(
+            f"{AGG}/spent.md",
+            category="Run counts",
+            caption="../report/spent.rst",
+        ),
+    log:
+        f"{AGG}/logs/spent.log",
+    params:
+        study_runs={s: sorted({c["run_id"] for c in cells}) for s, cells in STUDY_CELLS.items()},
+    localrule: True
+    conda:
+        "../envs/lps.yaml"
+    script:
+        "../scripts/spent.py"

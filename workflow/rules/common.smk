@@ -108,11 +108,12 @@ EXECUTOR = CONFIG["launch_executor"]
 def refuse_nested_executor():
     """launch_executor=slurm submits every run itself (lps.launch): a Snakemake executor that also
     submits jobs (--executor slurm, often from a global profile) would wrap each launcher in a job."""
-    if EXECUTOR == "slurm" and not workflow.local_exec and not workflow.dryrun:
-        from lps.launch.cli import NESTED_HELP
+    from lps.launch.cli import NESTED_HELP, nested_allowed
 
+    if EXECUTOR == "slurm" and not workflow.local_exec and not workflow.dryrun and not nested_allowed():
         where = "under a Snakemake executor that submits every rule as a job"
-        raise WorkflowError("lps: " + NESTED_HELP.format(where=where))
+        text = NESTED_HELP.format(who="this workflow", where=where)
+        raise WorkflowError(f"lps: {text}")
 
 
 onstart:
@@ -216,7 +217,7 @@ PRETRAIN_THREADS = 1 if EXECUTOR == "slurm" else max(CONFIG["local_threads"], os
 
 def report_targets():
     """Everything the HTML report shows (and the files whose change makes it stale)."""
-    out = [f"{AGG}/run_counts.md", f"{AGG}/convergence.md"]
+    out = [f"{AGG}/run_counts.md", f"{AGG}/convergence.md", f"{AGG}/spent.md"]
     out += [f"{AGG}/tables/{t}.{ext}" for t in TABLE_SPECS for ext in ("parquet", "csv", "md")]
     for name in FIGURE_NAMES:
         if FIGURES.get(name):
