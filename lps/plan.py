@@ -130,7 +130,8 @@ class Plan:
         rid, pre, rcfg = self.resolve(args, f"{where} ({method}, {dataset}, variant {variant or 'default'!r})")
         self.runs.setdefault(rid, {"args": args, "method": method, "dataset": dataset, "seed": seed,
                                    "pretrain": pre, "registered": method in METHODS,
-                                   "epochs": rcfg.optim.epochs})
+                                   "epochs": rcfg.optim.epochs if method in METHODS and METHODS.get(method).trains
+                                   else 0})
         if pre:
             self.pretrain.setdefault(pre, {"args": args, "dataset": dataset, "epochs": rcfg.pretrain.epochs})
         ds = cfg["datasets"][dataset]

@@ -333,19 +333,21 @@ def cost_plan(results: str | Path, measured_in: list[str | Path] = (), jobs: int
         unknown.update(m for m in miss if not m.startswith("~"))
         s = sum(known)
         wall = max(s / min(jobs, len(known)), max(known)) if known else None
+        hours = "?" if not known else f"{s / 3600:.1f}" + ("+" if len(known) < len(members) else "")
         lines.append(f"{name:<14} {len(members):>5} {sum(m.epochs or 0 for m in members):>8} "
-                     f"{s / 3600:>9.1f} {_hours(wall):>9}  {', '.join(miss) if miss else '-'}")
+                     f"{hours:>9} {_hours(wall):>9}  {', '.join(miss) if miss else '-'}")
     for st in rows:
         c = run_s(st)
         total_s += c or 0.0
     known = [c for c in (run_s(st) for st in rows) if c is not None]
     wall = max(total_s / min(jobs, len(known)), max(known)) if known else None
+    hours = "?" if not known else f"{total_s / 3600:.1f}" + ("+" if len(known) < len(rows) else "")
     lines += ["-" * len(head), f"{'all (distinct)':<14} {len(rows):>5} {sum(st.epochs or 0 for st in rows):>8} "
-              f"{total_s / 3600:>9.1f} {_hours(wall):>9}  "
+              f"{hours:>9} {_hours(wall):>9}  "
               f"{len(unknown)} method/dataset pairs without an estimate"]
     lines.append("device-hours: one device (GPU, or CPU job) per job, from measured epoch times "
                  f"({sum(len(v) for k, v in per.items() if len(k) == 3)} runs measured); wall: with {jobs} jobs "
-                 "at once, never less than the longest run")
+                 "at once, never less than the longest run; +: more for the runs without an estimate")
     return "\n".join(lines)
 
 

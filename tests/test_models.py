@@ -94,3 +94,28 @@ def test_channels_last_only_where_the_cpu_kernels_are_safe():
         assert use_channels_last(m, cpu, True) is ok, width
         assert use_channels_last(m, cuda, True) is True and use_channels_last(m, cpu, False) is False
     assert use_channels_last(build_backbone("resnet50", 3), cpu, True) is True
+
+
+def test_frozen_bn_fixed_keeps_pretrained_statistics():
+    """model.frozen_bn=fixed: the frozen stages' BatchNorm layers stay in eval mode (their running
+    statistics do not move) while layer4's track the batch; update (the default) moves both."""
+    import torch
+
+    from lps.models import apply_freeze, build_model, set_train_mode
+
+    def stats_after_step(frozen_bn: str):
+        torch.manual_seed(0)
+        m = build_model("resnet18_cifar", "small", 1, 4, 4, 1, 10.0)
+        apply_freeze(m, "layer4")
+        before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}
+        set_train_mode(m, "layer4", frozen_bn)
+        m(torch.randn(8, 1, 28, 28) * 3 + 1)
+        after = m.state_dict()
+        return {k: not torch.equal(before[k], after[k]) for k in before}
+
+    fixed, update = stats_after_step("fixed"), stats_after_step("update")
+    assert all(update.values())
+    assert not any(moved for k, moved in fixed.items() if not k.startswith(("backbone.layer4", "layer4")))
+    assert all(moved for k, moved in fixed.items() if k.startswith("backbone.layer4"))
+    with pytest.raises(Exception, match="frozen_bn"):
+        set_train_mode(build_model("resnet18_cifar", "small", 1, 4, 4, 1, 10.0), "layer4", "sometimes")

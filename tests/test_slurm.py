@@ -719,3 +719,17 @@ def test_two_workflows_at_once_on_one_results_folder(workflow_cluster, tmp_path)
         assert pq.read_schema(f).names == RESULT_SCHEMA.names
     assert (results / "tables" / "table1.md").exists()
     assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_transient_sbatch_errors_are_told_apart():
+    from lps.launch.slurm import is_transient
+
+    for msg in ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+                "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying",
+                "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+                "sbatch: error: Batch job submission failed: Resource temporarily unavailable"):
+        assert is_transient(msg), msg
+    for msg in ("sbatch: error: Batch job submission failed: Invalid partition name specified",
+                "sbatch: error: Batch job submission failed: Invalid account or account/partition combination",
+                "sbatch: error: Batch job submission failed: Requested node configuration is not available"):
+        assert not is_transient(msg), msg
