@@ -112,6 +112,14 @@ def cmd_status(args) -> int:
 def cmd_plan(args) -> int:
     from lps.status import cost_plan
 
+    if args.calibrate:
+        from lps.calibrate import calibrate
+
+        try:
+            calibrate(args.results, steps=args.steps, device=args.device, data_dir=args.data_dir,
+                      imagenet_dir=args.imagenet_dir, imagenet_per_class=args.imagenet_per_class)
+        except FileNotFoundError as e:
+            raise LPSError(f"{e}: run `snakemake -n --profile ...` with results_dir={args.results} first") from None
     try:
         print(cost_plan(args.results, args.measured, jobs=args.jobs))
     except FileNotFoundError as e:
@@ -131,6 +139,15 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
                    help="another results folder whose runs' epoch times count too, e.g. a short "
                         "calibration run on the target GPU (repeatable)")
     p.add_argument("--jobs", type=int, default=32, help="jobs at once (the profile's `jobs:`)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first measure each method/dataset of the plan on this device (a few steps each; run it "
+                        "on a node of the target GPU), into RESULTS/calibration.json")
+    p.add_argument("--steps", type=int, default=20, help="--calibrate: training steps measured per method/dataset")
+    p.add_argument("--device", default="auto", help="--calibrate: device (auto: CUDA when present)")
+    p.add_argument("--data-dir", default="", help="--calibrate: real CIFAR data (default: synthetic, same format)")
+    p.add_argument("--imagenet-dir", default="", help="--calibrate: real ImageNet train folder (default: synthetic)")
+    p.add_argument("--imagenet-per-class", type=int, default=260,
+                   help="--calibrate: synthetic ImageNet-100 JPEGs per class (steps scaled to 1,300)")
 
 
 COMMANDS = {

@@ -11,7 +11,8 @@ the SLURM column is left out. Nothing here imports torch, pandas or pyarrow.
 
 States: ``done`` (output written), ``running``, ``pending``, ``requeued`` (pending again after a
 preemption or time limit, or SLURM's REQUEUED), ``failed`` (the job ended without the output, or the
-launcher reported an error), ``started`` (epochs written, no job known to be running: interrupted
+launcher reported an error), ``submitted`` (a job is recorded but SLURM did not say more: no SLURM
+here, or the job is gone from both the controller and accounting), ``started`` (epochs written, no job known to be running: interrupted
 or a local run), ``waiting`` (nothing yet).
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MANIFEST = "plan.json"
-STATES = ("done", "running", "pending", "requeued", "failed", "started", "waiting")
+STATES = ("done", "running", "pending", "requeued", "submitted", "failed", "started", "waiting")
 FAILED_SLURM = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "REVOKED"}
 
@@ -39,8 +40,10 @@ def manifest_of(plan) -> dict:
             if study not in studies[c["run_id"]]:
                 studies[c["run_id"]].append(study)
     runs = {rid: {"method": r["method"], "dataset": r["dataset"], "seed": r["seed"], "pretrain": r["pretrain"],
-                  "epochs": r.get("epochs"), "studies": studies.get(rid, [])} for rid, r in plan.runs.items()}
-    pretrain = {pid: {"dataset": p["dataset"], "epochs": p.get("epochs")} for pid, p in plan.pretrain.items()}
+                  "epochs": r.get("epochs"), "studies": studies.get(rid, []), "args": r["args"]}
+            for rid, r in plan.runs.items()}
+    pretrain = {pid: {"dataset": p["dataset"], "epochs": p.get("epochs"), "args": p["args"]}
+                for pid, p in plan.pretrain.items()}
     kinds = {s: ("table" if s in plan.tables else "figure") for s in plan.study_cells}
     return {"experiment_set": str(plan.set_config.get("experiment_set", "")), "runs": runs,
             "pretrain": pretrain, "studies": kinds}
@@ -164,8 +167,7 @@ def read_status(results: str | Path, slurm: bool = True) -> tuple[dict, list[Run
         if hist and _lock_held(folder):
             st.state = "running"
         elif st.job_id:
-            st.state = "pending"  # refined from SLURM below; without SLURM: submitted, state unknown
-            st.detail = "submitted"
+            st.state = "submitted"  # refined from SLURM below; without SLURM its state is unknown
         elif hist:
             st.state = "started"
         if err:
@@ -193,8 +195,7 @@ def read_status(results: str | Path, slurm: bool = True) -> tuple[dict, list[Run
                     st.state = "pending"
                 elif s.state in FAILED_SLURM or s.state == "COMPLETED":
                     st.state = "failed"
-                    st.detail = st.detail if st.detail != "submitted" else \
-                        f"SLURM {s.state}, exit {s.exit_code or '?'}"
+                    st.detail = st.detail or f"SLURM {s.state}, exit {s.exit_code or '?'}"
     _estimate(rows)
     return man, rows, answered
 
@@ -308,6 +309,18 @@ def cost_plan(results: str | Path, measured_in: list[str | Path] = (), jobs: int
     the target GPU). A run whose method and dataset were never measured counts as unknown."""
     man, rows, _ = read_status(results, slurm=False)
     per = measured_epoch_times([results, *measured_in])
+    calibrated = ""
+    for folder in [results, *measured_in]:
+        try:
+            calib = json.loads((Path(folder) / "calibration.json").read_text())
+        except (OSError, ValueError):
+            continue
+        calibrated = calib.get("device", "?")
+        for key, seconds in calib.get("epoch_s", {}).items():
+            kind, method, dataset = key.split("|")
+            if (kind, method, dataset) not in per:  # runs measured in full win over a calibration
+                per[(kind, method, dataset)] = [float(seconds)]
+                per.setdefault((kind, dataset), []).append(float(seconds))
     groups: dict[str, list[RunStatus]] = {}
     for st in rows:
         for s in st.studies:
@@ -345,6 +358,8 @@ def cost_plan(results: str | Path, measured_in: list[str | Path] = (), jobs: int
     lines += ["-" * len(head), f"{'all (distinct)':<14} {len(rows):>5} {sum(st.epochs or 0 for st in rows):>8} "
               f"{hours:>9} {_hours(wall):>9}  "
               f"{len(unknown)} method/dataset pairs without an estimate"]
+    if calibrated:
+        lines.append(f"calibrated on: {calibrated} (lps plan --calibrate)")
     lines.append("device-hours: one device (GPU, or CPU job) per job, from measured epoch times "
                  f"({sum(len(v) for k, v in per.items() if len(k) == 3)} runs measured); wall: with {jobs} jobs "
                  "at once, never less than the longest run; +: more for the runs without an estimate")

@@ -21,7 +21,7 @@ from lps.config import build_config
 from lps.data.datasets import load_cifar10, load_cifar100, load_dataset, load_imagenet100
 from lps.errors import LPSError
 
-from synthetic_data import write_cifar, write_imagenet
+from lps.data.synthetic import write_cifar, write_imagenet
 
 ROOT = Path(__file__).resolve().parent.parent
 # one method of each family compared in the paper: semi-supervised (FixMatch), novel class discovery

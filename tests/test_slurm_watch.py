@@ -245,11 +245,16 @@ def test_lps_status_running_pending_requeued_failed(cluster, tmp_path):
         assert r.returncode == 0, r.stderr
         print(r.stdout)
         row = next(ln for ln in r.stdout.splitlines() if ln.startswith("table1")).split()
-        # runs done running pending requeued failed started waiting
-        assert row[1:9] == ["5", "1", "1", "1", "1", "1", "0", "0"], r.stdout
+        # runs done running pending requeued submitted failed started waiting
+        assert row[1:10] == ["5", "1", "1", "1", "1", "0", "1", "0", "0"], r.stdout
         assert f"r-fail  job {failed}  FAILED" in r.stdout and "exit 3:0" in r.stdout, r.stdout
         assert str(res / "jobs" / "r-fail" / f"{failed}_0_log.err") in r.stdout
         assert f"r-req  requeued" in r.stdout and "left 9 min" in r.stdout  # 9 epochs x 60 s
         assert calls(log) in ({"squeue": 1}, {"squeue": 1, "sacct": 1}), calls(log)  # one call each way
+        # the same folder without SLURM (a laptop): recorded jobs are "submitted", the rest unchanged
+        r = subprocess.run([sys.executable, "-m", "lps.cli", "status", str(res), "--no-slurm"], capture_output=True,
+                           text=True, timeout=60)
+        row = next(ln for ln in r.stdout.splitlines() if ln.startswith("table1")).split()
+        assert row[1:10] == ["5", "1", "0", "0", "0", "4", "0", "0", "0"], r.stdout
     finally:
         subprocess.run(["scancel", running, pending, requeued], capture_output=True)

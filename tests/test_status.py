@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lps.status import cost_plan, format_status, read_status, summarize
 
 
@@ -93,3 +95,37 @@ def test_missing_plan_is_a_clear_error(tmp_path):
                        timeout=60)
     assert r.returncode == 2
     assert "plan.json not found" in r.stderr and "snakemake -n" in r.stderr
+
+
+@pytest.mark.slow
+def test_calibration_costs_the_plan(tmp_path):
+    """lps plan --calibrate on a planned set: one short run per method/dataset and the pretraining, on
+    synthetic CIFAR-10 in the real format (full size), extrapolated to full epochs; lps plan then costs
+    every table from it."""
+    from lps.calibrate import calibrate
+    from lps.plan import plan
+    from lps.status import write_manifest
+
+    set_config = {"experiment_set": "cal.yaml", "seeds": [0, 1], "defaults": {
+        "data.max_train_per_class": 20, "data.max_test_per_class": 5, "model.width": 4, "optim.epochs": 50,
+        "optim.batch_size": 64, "pretrain.epochs": 10, "pretrain.batch_size": 64},
+        "datasets": {"cifar10": {"label": "CIFAR-10"}}, "methods": {"lps": {}, "orca": {}},
+        "tables": {"table1": {"paper_table": 1, "grid": {"method": ["lps", "orca"]}}}}
+    from snakemake.utils import validate
+
+    validate(set_config, str(Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"))
+    res = tmp_path / "results"
+    write_manifest(plan(set_config), res)
+    path = calibrate(res, steps=2, device="cpu", log=lambda *_: None)
+    calib = json.loads(path.read_text())
+    assert set(calib["epoch_s"]) == {"pretrain|simclr|cifar10", "train|lps|cifar10", "train|orca|cifar10"}
+    assert all(v > 0 for v in calib["epoch_s"].values())
+    # 100 labeled of 200 (10 classes x 20, half seen, half of those labeled): 32 labeled per batch of 64
+    info = json.loads(next((res / "calibration" / "runs").glob("lps-*/run_info.json")).read_text())
+    assert info["steps_per_epoch"] == 2 and info["n_labeled"] // info["batch_labeled"] == 3
+    text = cost_plan(res, jobs=2)
+    assert "calibrated on: cpu" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("table1"))
+    expected = 2 * 50 * (calib["epoch_s"]["train|lps|cifar10"] + calib["epoch_s"]["train|orca|cifar10"]) / 3600
+    assert line.split()[3] == f"{expected:.1f}", (line, expected)
+    assert "?" not in line

@@ -1,4 +1,5 @@
-"""Small synthetic data sets in the real on-disk formats of the paper's datasets (nothing downloaded).
+"""Synthetic data sets in the real on-disk formats of the paper's datasets (nothing downloaded): small
+ones for the tests, full-sized ones for ``lps plan --calibrate`` (throughput does not depend on pixels).
 
 - CIFAR-10 / CIFAR-100: torchvision's "python version" layout (``cifar-10-batches-py/data_batch_1..5``,
   ``test_batch``, ``batches.meta``; ``cifar-100-python/train``, ``test``, ``meta``), pickled dicts with
@@ -51,8 +52,10 @@ def write_cifar(root: Path, name: str, train_per_class: int = 4, test_per_class:
     return d
 
 
-def write_imagenet(root: Path, train_per_class: int = 2, val_per_class: int = 1, seed: int = 0) -> Path:
-    """Write ``root/train/<wnid>/*.JPEG`` (and ``root/val``) for the 100 WNIDs; returns the train folder."""
+def write_imagenet(root: Path, train_per_class: int = 2, val_per_class: int = 1, seed: int = 0,
+                   size: tuple[int, int] = (24, 48)) -> Path:
+    """Write ``root/train/<wnid>/*.JPEG`` (and ``root/val``) for the 100 WNIDs, each image's height and
+    width drawn from ``size`` (low, high); returns the train folder."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -62,7 +65,7 @@ def write_imagenet(root: Path, train_per_class: int = 2, val_per_class: int = 1,
             d = Path(root) / part / w
             d.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                h, wd = int(rng.integers(24, 48)), int(rng.integers(24, 48))  # not square, not 224
+                h, wd = int(rng.integers(*size)), int(rng.integers(*size))  # not square, not 224
                 img = _class_images(rng, np.array([k]), len(wnids), h, wd)[0]
                 Image.fromarray(img).save(d / f"{w}_{i}.JPEG", quality=90)
     return Path(root) / "train"
